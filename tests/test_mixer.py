@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trio
+
+from trioagent import AudioFrame
+from trioagent.audio import Mixer
+
+from .helpers import dc, running_mixer, tone
+
+TICK = 0.02
+
+
+def approx(t: float) -> float:
+    """Exact up to float rounding (frame timestamps, played_out_at)."""
+    return pytest.approx(t, abs=1e-9)  # type: ignore[no-any-return]
+
+
+def clock(t: float) -> float:
+    """A clock reading after waking on a mixer event: the pump wakes 1 µs after each tick."""
+    return pytest.approx(t + 1e-6, abs=1e-9)  # type: ignore[no-any-return]
+
+
+async def test_tone_timing_and_playout(autojump_clock: trio.testing.MockClock) -> None:
+    mixer = Mixer(sample_rate=48000)
+    async with running_mixer(mixer) as rec:
+        await trio.sleep(0.1)
+        src = mixer.add_source(24000, voice=True)
+        src.push(tone(0.5, 24000))
+        src.end()
+        await src.wait_played_out()
+        played_at = trio.current_time()
+        await trio.sleep(0.1)
+    loud = rec.loud_ticks()
+    assert loud[0] == approx(0.1)  # the first tick at or after 0.1
+    assert loud[-1] == approx(0.58)  # last frame holding the tone covers 0.58..0.60
+    assert played_at == clock(0.6) and src.played_out_at == approx(0.6)  # played out when that frame has played
+    assert src.played_duration == pytest.approx(0.5, abs=1 / 48000 * 4)
+
+
+async def test_tone_added_between_ticks_starts_on_next_tick(autojump_clock: trio.testing.MockClock) -> None:
+    mixer = Mixer(sample_rate=16000)
+    async with running_mixer(mixer) as rec:
+        await trio.sleep(0.105)
+        src = mixer.add_source(16000)
+        src.push(tone(0.2, 16000))
+        src.end()
+        await src.wait_played_out()
+        assert trio.current_time() == clock(0.32)
+    assert rec.loud_ticks()[0] == approx(0.12)
+
+
+async def test_remove_mid_way_gives_silence_after_fade(autojump_clock: trio.testing.MockClock) -> None:
+    mixer = Mixer(sample_rate=48000, fade_duration=0.01)
+    async with running_mixer(mixer) as rec:
+        src = mixer.add_source(48000, voice=True)
+        src.push(dc(1.0, 48000, 10000))
+        await trio.sleep(0.31)
+        mixer.remove_source(src)
+        await src.wait_played_out()
+        assert trio.current_time() == clock(0.34)
+        await trio.sleep(0.1)
+    assert src.stopped
+    fading = rec.frame_at(0.32).samples
+    # The fade: monotonically down to zero over 10 ms (480 samples), then silence.
+    assert fading[0] > 9000 and fading[479] == 0 and not fading[480:].any()
+    assert np.all(np.diff(fading[:480].astype(np.int32)) <= 0)
+    assert all(not rec.frame_at(t).samples.any() for t in (0.34, 0.36, 0.38))
+    assert mixer.statistics().active_sources == 0
+
+
+async def test_fade_in_has_no_click(autojump_clock: trio.testing.MockClock) -> None:
+    mixer = Mixer(sample_rate=48000)
+    async with running_mixer(mixer) as rec:
+        src = mixer.add_source(48000)
+        src.push(dc(0.1, 48000, 20000))
+        await trio.sleep(0.05)
+    first = rec.frame_at(0.0).samples.astype(np.int32)
+    assert first[0] < 100 and first[479] == 20000 and np.all(np.diff(first[:480]) >= 0)
+
+
+def test_two_sources_sum_and_clip() -> None:
+    mixer = Mixer(sample_rate=8000)
+    a = mixer.add_source(8000)
+    b = mixer.add_source(8000)
+    a._level = b._level = 1.0  # skip the fade-in to check the plain sum
+    a.push(dc(0.02, 8000, 1000))
+    b.push(dc(0.02, 8000, 2500))
+    assert set(mixer.mix(0.0).samples.tolist()) == {3500}
+    c = mixer.add_source(8000)
+    d = mixer.add_source(8000)
+    c._level = d._level = 1.0
+    c.push(dc(0.02, 8000, 30000))
+    d.push(dc(0.02, 8000, 30000))
+    assert set(mixer.mix(0.02).samples.tolist()) == {32767}  # saturates, no wrap-around
+    e = mixer.add_source(8000)
+    f = mixer.add_source(8000)
+    e._level = f._level = 1.0
+    e.push(dc(0.02, 8000, -30000))
+    f.push(dc(0.02, 8000, -30000))
+    assert set(mixer.mix(0.04).samples.tolist()) == {-32768}
+
+
+def test_ducking_level() -> None:
+    mixer = Mixer(sample_rate=8000, duck_db=-12.0, fade_duration=0.01)
+    bg = mixer.add_source(8000, name="bg")
+    bg._level = 1.0
+    bg.push(dc(1.0, 8000, 10000))
+    assert set(mixer.mix(0.0).samples.tolist()) == {10000}
+    voice = mixer.add_source(8000, voice=True)
+    voice._level = 1.0
+    voice.push(dc(0.5, 8000, 0))  # a silent voice: only the background is heard
+    ramp = mixer.mix(0.02).samples
+    assert ramp[0] < 10000 and ramp[-1] == round(10000 * 10 ** (-12 / 20))
+    assert set(mixer.mix(0.04).samples.tolist()) == {2512}  # -12 dB = x0.2512
+    for k in range(3, 30):
+        mixer.mix(k * 0.02)  # the voice ends; the duck releases with a ramp
+    assert set(mixer.mix(0.6).samples.tolist()) == {10000}
+
+
+def test_pause_and_resume_keep_the_queue() -> None:
+    mixer = Mixer(sample_rate=8000)
+    s = mixer.add_source(8000, voice=True)
+    s._level = 1.0
+    s.push(dc(0.1, 8000, 1000))
+    mixer.mix(0.0)
+    s.pause()
+    mixer.mix(0.02)  # fades out
+    assert not mixer.mix(0.04).samples.any()
+    queued = s.queued_duration
+    assert not mixer.mix(0.06).samples.any() and s.queued_duration == queued
+    s.resume()
+    assert mixer.mix(0.08).samples[-1] == 1000
+
+
+def test_looping_source_replays() -> None:
+    mixer = Mixer(sample_rate=8000)
+    s = mixer.add_source(8000, loop=True)
+    s._level = 1.0
+    s.push(AudioFrame(np.arange(1, 81, dtype=np.int16), 8000))  # 10 ms
+    s.end()
+    out = mixer.mix(0.0).samples
+    assert out[:80].tolist() == out[80:].tolist() == list(range(1, 81))
+    assert not s.played_out
+
+
+def test_invalid_configuration() -> None:
+    with pytest.raises(ValueError, match="5 ms"):
+        Mixer(fade_duration=0.001)
+    with pytest.raises(ValueError, match="whole number"):
+        Mixer(sample_rate=44100, frame_duration=0.0101)
+    s = Mixer().add_source(16000)
+    with pytest.raises(ValueError, match="16000 Hz"):
+        s.push(AudioFrame.silence(0.02, 8000))
+
+
+async def test_resampled_sources_and_statistics(autojump_clock: trio.testing.MockClock) -> None:
+    mixer = Mixer(sample_rate=48000)
+    async with running_mixer(mixer) as rec:
+        for rate in (16000, 24000, 44100):
+            s = mixer.add_source(rate)
+            s.push(tone(0.2, rate, 300.0, 0.2))
+            s.end()
+        await trio.sleep(0.5)
+        stats = mixer.statistics()
+    assert stats.underruns == 0 and stats.active_sources == 0 and stats.ticks == 25  # ticks 0.00 .. 0.48; the 0.50 tick runs after us
+    assert rec.frames[5].samples_per_channel == 960
+
+
+async def test_slow_consumer_counts_underruns(autojump_clock: trio.testing.MockClock) -> None:
+    mixer = Mixer(sample_rate=8000)
+    send, receive = trio.open_memory_channel[AudioFrame](0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mixer.run, send)
+        async with receive:
+            for _ in range(3):
+                await receive.receive()
+                await trio.sleep(0.05)  # a consumer slower than real time
+        nursery.cancel_scope.cancel()
+    assert mixer.statistics().underruns >= 2

@@ -1,0 +1,404 @@
+"""The clock-driven mixer.
+
+How this works: `Mixer` is a sans-IO core plus one pump. The core (`add_source`, `remove_source`,
+`mix(now)`) never awaits and never reads a clock: time is passed in. Each `MixerSource` holds its
+audio already resampled to the mixer rate (float32), so a tick only slices, scales and adds.
+`Mixer.run()` is the pump: it wakes at ``t0 + k * frame_duration`` with `trio.sleep_until` on the
+trio clock, mixes one frame and sends it to a memory channel.
+
+Gains move by ramps, never by steps: a source fades in when it starts, fades out when it is
+stopped, paused or removed, and background sources are ducked (default -12 dB) with a ramp while
+any voice source is audible. The float sum is clipped to int16, so loud mixes saturate instead of
+wrapping around.
+
+A source is *played out* when the frame holding its last sample has been played: the tick after
+that frame. `await source.wait_played_out()` returns then, which gives exact playout tracking for
+utterances.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import attrs
+import numpy as np
+import soxr
+import trio
+
+from .frame import AudioFrame, Float32Array
+
+__all__ = ["Mixer", "MixerSource", "MixerStatistics"]
+
+_EMPTY = np.zeros(0, np.float32)
+_WAKE_AFTER = 1e-6  # seconds the pump wakes after each tick's deadline (see Mixer.run)
+
+
+@attrs.frozen
+class MixerStatistics:
+    """A snapshot of the mixer's counters.
+
+    Attributes:
+        ticks: frames mixed so far.
+        underruns: ticks the pump started later than half a frame after their deadline.
+        active_sources: sources currently in the mix (including ones fading out).
+    """
+
+    ticks: int
+    underruns: int
+    active_sources: int
+
+
+def _ramp(level: float, target: float, step: float, n: int, steps: Float32Array) -> tuple[float | Float32Array, float]:
+    """Gain envelope from `level` toward `target` for one frame of n samples.
+
+    Returns a scalar when the level is already at its target (the common case), else an array.
+    """
+    if level == target:
+        return level, level
+    if target > level:
+        env = np.minimum(level + step * steps, target)
+    else:
+        env = np.maximum(level - step * steps, target)
+    return env, float(env[-1])
+
+
+@attrs.define(eq=False)
+class MixerSource:
+    """One input of the mixer: a voice track, a background loop, a thinking sound.
+
+    Created by `Mixer.add_source`. Push audio with `push`, say there is no more with `end`.
+    Not thread-safe; use it from the trio thread only.
+
+    Attributes:
+        name: for logs and statistics.
+        sample_rate: the rate of the frames pushed into it.
+        voice: voice sources duck the background while they are audible.
+        loop: replay the pushed audio from the start when it runs out after `end()`.
+        gain: linear gain applied on top of fades and ducking.
+    """
+
+    name: str
+    sample_rate: int
+    voice: bool
+    loop: bool
+    gain: float
+    _mixer_rate: int
+    _stream: soxr.ResampleStream | None = attrs.field(init=False, default=None)
+    _chunks: collections.deque[Float32Array] = attrs.field(init=False, factory=collections.deque)
+    _history: list[Float32Array] = attrs.field(init=False, factory=list)
+    _offset: int = attrs.field(init=False, default=0)
+    _queued: int = attrs.field(init=False, default=0)
+    _level: float = attrs.field(init=False, default=0.0)
+    _ended: bool = attrs.field(init=False, default=False)
+    _stopping: bool = attrs.field(init=False, default=False)
+    _paused: bool = attrs.field(init=False, default=False)
+    _finished: bool = attrs.field(init=False, default=False)
+    _played_out: trio.Event = attrs.field(init=False, factory=trio.Event)
+    played_samples: int = attrs.field(init=False, default=0)
+    """Samples (at the mixer rate) of pushed audio that have been mixed so far."""
+    started_at: float | None = attrs.field(init=False, default=None)
+    """Mixer time of the first frame holding audio of this source."""
+    played_out_at: float | None = attrs.field(init=False, default=None)
+    """Mixer time at which the source was played out (the tick after its last frame)."""
+    stopped: bool = attrs.field(init=False, default=False)
+    """True when the source was stopped or removed before all its audio was played."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.sample_rate != self._mixer_rate:
+            self._stream = soxr.ResampleStream(self.sample_rate, self._mixer_rate, 1, dtype="float32")
+
+    # -- feeding ----------------------------------------------------------------------------
+    def push(self, frame: AudioFrame) -> None:
+        """Queue a frame; it is resampled to the mixer rate now, not on the tick.
+
+        Raises:
+            ValueError: the frame's rate is not this source's `sample_rate`.
+            RuntimeError: `end()` was called or the source was stopped.
+        """
+        if frame.sample_rate != self.sample_rate:
+            raise ValueError(
+                f"source {self.name!r} takes {self.sample_rate} Hz frames, got {frame.sample_rate} Hz"
+            )
+        if self._ended or self._stopping:
+            raise RuntimeError(f"source {self.name!r} is closed for input")
+        self._append(frame.to_mono().to_float())
+
+    def end(self) -> None:
+        """No more audio will be pushed; the source is played out once its queue drains."""
+        if self._ended:
+            return
+        if self._stream is not None:
+            self._append(self._stream.resample_chunk(_EMPTY, last=True), resampled=True)
+        self._ended = True
+
+    def _append(self, data: Float32Array, resampled: bool = False) -> None:
+        if self._stream is not None and not resampled:
+            data = self._stream.resample_chunk(data)
+        if len(data) == 0:
+            return
+        self._chunks.append(data)
+        self._queued += len(data)
+        if self.loop:
+            self._history.append(data)
+
+    # -- control ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Fade out and leave the mix; queued audio is dropped. Idempotent."""
+        if not self._finished:
+            self._stopping = True
+
+    def pause(self) -> None:
+        """Fade out but keep the queue; `resume()` continues where it stopped."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Fade back in after `pause()`."""
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def queued_duration(self) -> float:
+        """Seconds of audio waiting to be mixed."""
+        return self._queued / self._mixer_rate
+
+    @property
+    def played_duration(self) -> float:
+        """Seconds of pushed audio mixed so far."""
+        return self.played_samples / self._mixer_rate
+
+    @property
+    def played_out(self) -> bool:
+        return self._played_out.is_set()
+
+    async def wait_played_out(self) -> None:
+        """Wait until the last frame holding this source's audio has been played (or it was
+        stopped and its fade-out played). A checkpoint."""
+        await self._played_out.wait()
+
+    # -- used by the mixer ------------------------------------------------------------------
+    @property
+    def _audible(self) -> bool:
+        return not self._finished and (self._queued > 0 or self._level > 0.0) and not (
+            self._paused and self._level == 0.0
+        )
+
+    def _take(self, n: int) -> tuple[Float32Array, int]:
+        """Up to n queued samples (zero-padded to n) and how many were real audio."""
+        if self._queued == 0:
+            self._rewind()
+        if self._queued == 0:
+            return np.zeros(n, np.float32), 0
+        head = self._chunks[0]
+        off = self._offset
+        if len(head) - off > n:
+            self._offset = off + n
+            self._queued -= n
+            return head[off : off + n], n
+        parts: list[Float32Array] = []
+        got = 0
+        while got < n:
+            if not self._chunks and not self._rewind():
+                break
+            head = self._chunks[0]
+            piece = head[self._offset : self._offset + (n - got)]
+            parts.append(piece)
+            got += len(piece)
+            if self._offset + len(piece) >= len(head):
+                self._chunks.popleft()
+                self._offset = 0
+            else:
+                self._offset += len(piece)
+        self._queued = sum(len(c) for c in self._chunks) - self._offset
+        if got < n:
+            parts.append(np.zeros(n - got, np.float32))
+        return np.concatenate(parts), got
+
+    def _rewind(self) -> bool:
+        """Queue the audio again from the start, for a looping source that has ended."""
+        if not (self.loop and self._ended and self._history):
+            return False
+        self._chunks.extend(self._history)
+        self._queued += sum(len(c) for c in self._history)
+        return True
+
+    def _finish(self, now: float) -> None:
+        self.played_out_at = now
+        self._finished = True
+        self._chunks.clear()
+        self._queued = 0
+        self._played_out.set()
+
+
+@attrs.define(eq=False)
+class Mixer:
+    """Mixes any number of sources into one mono int16 stream at `sample_rate`.
+
+    Args:
+        sample_rate: output rate in Hz.
+        frame_duration: length of one tick, in seconds (default 20 ms).
+        duck_db: gain applied to background sources while a voice source is audible.
+        fade_duration: length of every fade (start, stop, pause, removal, ducking), >= 5 ms.
+    """
+
+    sample_rate: int = 48000
+    frame_duration: float = 0.02
+    duck_db: float = -12.0
+    fade_duration: float = 0.01
+    _sources: list[MixerSource] = attrs.field(init=False, factory=list)
+    _duck_level: float = attrs.field(init=False, default=1.0)
+    _ticks: int = attrs.field(init=False, default=0)
+    _underruns: int = attrs.field(init=False, default=0)
+    _frame_samples: int = attrs.field(init=False)
+    _steps: Float32Array = attrs.field(init=False)
+    _fade_step: float = attrs.field(init=False)
+    _acc: Float32Array = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if self.fade_duration < 0.005:
+            raise ValueError(f"fade_duration must be >= 5 ms to avoid clicks, got {self.fade_duration}")
+        n = round(self.sample_rate * self.frame_duration)
+        if n <= 0 or not math.isclose(n, self.sample_rate * self.frame_duration):
+            raise ValueError(
+                f"frame_duration {self.frame_duration} s is not a whole number of samples at {self.sample_rate} Hz"
+            )
+        self._frame_samples = n
+        self._steps = np.arange(1, n + 1, dtype=np.float32)
+        self._fade_step = 1.0 / (self.fade_duration * self.sample_rate)
+        self._acc = np.zeros(n, np.float32)
+
+    @property
+    def frame_samples(self) -> int:
+        return self._frame_samples
+
+    @property
+    def duck_gain(self) -> float:
+        return float(10.0 ** (self.duck_db / 20.0))
+
+    # -- sources ----------------------------------------------------------------------------
+    def add_source(
+        self,
+        sample_rate: int,
+        *,
+        gain: float = 1.0,
+        loop: bool = False,
+        voice: bool = False,
+        name: str = "",
+    ) -> MixerSource:
+        """Add a source; it fades in on the next tick that has audio for it. Not a checkpoint."""
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        source = MixerSource(name or f"source{len(self._sources)}", sample_rate, voice, loop, gain, self.sample_rate)
+        self._sources.append(source)
+        return source
+
+    def remove_source(self, source: MixerSource) -> None:
+        """Fade the source out and drop it (same as `source.stop()`)."""
+        source.stop()
+
+    @property
+    def sources(self) -> tuple[MixerSource, ...]:
+        return tuple(self._sources)
+
+    def statistics(self) -> MixerStatistics:
+        return MixerStatistics(ticks=self._ticks, underruns=self._underruns, active_sources=len(self._sources))
+
+    # -- the core ---------------------------------------------------------------------------
+    def mix(self, now: float) -> AudioFrame:
+        """Mix one frame starting at time `now` (seconds on the session clock). Not a checkpoint."""
+        n = self._frame_samples
+        step = self._fade_step
+        steps = self._steps
+        acc = self._acc
+        acc.fill(0.0)
+        sources = self._sources
+        voice_on = False
+        for s in sources:
+            if s.voice and s._audible and not s._stopping and not s._paused:
+                voice_on = True
+                break
+        duck, self._duck_level = _ramp(
+            self._duck_level, self.duck_gain if voice_on else 1.0, step, n, steps
+        )
+        keep: list[MixerSource] = []
+        for s in sources:
+            if s._finished:
+                continue
+            if s._ended and s._queued == 0 and s._level == 0.0 and not s.loop and s.played_samples:
+                # Its last sample went out in the previous frame: that frame has now been played.
+                s._finish(now)
+                continue
+            silent = s._stopping or s._paused
+            if silent and s._level == 0.0:
+                if s._stopping:
+                    s.stopped = True
+                    s._finish(now)
+                    continue
+                keep.append(s)  # paused: hold the queue, play nothing
+                continue
+            if s._queued == 0 and not (s._ended and s.loop):
+                if s._ended and s.played_samples == 0 and not s._stopping:
+                    s._finish(now)  # ended without ever having audio
+                    continue
+                s._level = 0.0  # an underflowing stream restarts with a fade-in
+                keep.append(s)
+                continue
+            chunk, got = s._take(n)
+            if s.started_at is None:
+                s.started_at = now
+            s.played_samples += got
+            env, s._level = _ramp(s._level, 0.0 if silent else 1.0, step, n, steps)
+            g = s.gain if s.voice else s.gain * duck
+            acc += chunk * (g * env)
+            if s._ended and s._queued == 0 and not s.loop:
+                s._level = 0.0  # played out on the next tick
+            keep.append(s)
+        self._sources = keep
+        self._ticks += 1
+        np.clip(acc, -1.0, 32767.0 / 32768.0, out=acc)
+        out = np.rint(acc * 32768.0).astype(np.int16)
+        return AudioFrame(out, self.sample_rate, 1, now)
+
+    # -- the pump ---------------------------------------------------------------------------
+    async def run(
+        self,
+        send_channel: trio.abc.SendChannel[AudioFrame],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Tick every `frame_duration` on the trio clock and send each mixed frame.
+
+        Runs until cancelled or until the receiver closes. The first tick is at the time `run`
+        starts; tick k is at ``t0 + k * frame_duration`` (the pump wakes 1 µs after it, and
+        frame timestamps are the exact tick times). A tick that wakes more than half a
+        frame late counts as an underrun; a pump more than a whole frame behind skips ahead
+        rather than sending a burst.
+        """
+        period = self.frame_duration
+        t0 = trio.current_time()
+        k = 0
+        task_status.started()
+        with send_channel:
+            while True:
+                deadline = t0 + k * period
+                # Wake a hair after the deadline, so that whatever any task does at exactly
+                # the tick's time t (add a source, stop one) is in the frame for t, whatever
+                # order the scheduler runs tasks in. Under a MockClock this is exact.
+                await trio.sleep_until(deadline + _WAKE_AFTER)
+                late = trio.current_time() - deadline - _WAKE_AFTER
+                if late > period / 2:
+                    self._underruns += 1
+                    if late >= period:
+                        k += int(late // period)
+                        deadline = t0 + k * period
+                frame = self.mix(deadline)
+                try:
+                    await send_channel.send(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                k += 1
+
