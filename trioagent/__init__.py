@@ -1,7 +1,13 @@
 """trioagent: real-time voice AI agents on trio's structured concurrency."""
 
+from .agent import Agent as Agent
 from .audio import AudioFrame as AudioFrame
 from .audio import BackgroundAudioHandlerConfig as BackgroundAudioHandlerConfig
+from .chat import ChatContext as ChatContext
+from .chat import ChatMessage as ChatMessage
+from .chat import ChatRole as ChatRole
+from .chat import FunctionCall as FunctionCall
+from .chat import FunctionCallOutput as FunctionCallOutput
 from .errors import AudioFormatError as AudioFormatError
 from .errors import ProtocolError as ProtocolError
 from .errors import ProviderError as ProviderError
@@ -9,5 +15,18 @@ from .errors import ProviderTimeout as ProviderTimeout
 from .errors import SessionClosed as SessionClosed
 from .errors import TransportClosed as TransportClosed
 from .errors import TrioAgentError as TrioAgentError
+from .flow import ConversationFlow as ConversationFlow
+from .metrics import TurnMetrics as TurnMetrics
+from .pipeline import CascadingPipeline as CascadingPipeline
+from .pipeline import Pipeline as Pipeline
+from .providers import EnergyVAD as EnergyVAD
+from .providers import SilenceTurnDetector as SilenceTurnDetector
+from .session import AgentSession as AgentSession
+from .states import AgentState as AgentState
+from .states import UserState as UserState
+from .tools import FunctionTool as FunctionTool
+from .tools import ToolError as ToolError
+from .tools import function_tool as function_tool
+from .utterance import UtteranceHandle as UtteranceHandle
 
 __version__ = "0.1.0"

@@ -1,0 +1,109 @@
+"""`Agent`: instructions, tools, chat context and the hooks a session calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .audio.player import BackgroundAudioHandlerConfig
+from .chat import ChatContext, ChatRole
+from .tools import FunctionTool, get_tool
+
+if TYPE_CHECKING:
+    from .session import AgentSession
+
+__all__ = ["Agent"]
+
+
+class Agent:
+    """What the agent is: its instructions, its tools and its hooks.
+
+    Subclass it and override the hooks you need. Methods decorated with `@function_tool` are
+    collected as tools automatically; more can be passed as `tools=[...]`.
+
+    Args:
+        instructions: the system prompt; seeds `chat_context`.
+        tools: extra tools (decorated or plain functions, or `FunctionTool`s).
+        chat_context: start from this context instead of a fresh one.
+    """
+
+    def __init__(
+        self,
+        instructions: str = "",
+        tools: Sequence[Callable[..., Any] | FunctionTool] | None = None,
+        chat_context: ChatContext | None = None,
+    ) -> None:
+        self.instructions = instructions
+        self.chat_context = chat_context if chat_context is not None else ChatContext()
+        if instructions and not any(m.role is ChatRole.SYSTEM for m in self.chat_context.messages):
+            self.chat_context.items.insert(0, ChatContext().add_message(role=ChatRole.SYSTEM, content=instructions))
+        self._session: AgentSession | None = None
+        self._thinking_background_config: BackgroundAudioHandlerConfig | None = None
+        self._tools: list[FunctionTool] = self._collect_tools(tools or ())
+
+    def _collect_tools(self, extra: Sequence[Callable[..., Any] | FunctionTool]) -> list[FunctionTool]:
+        found: list[FunctionTool] = []
+        seen: set[str] = set()
+        for cls in type(self).__mro__:
+            for attr, value in vars(cls).items():
+                tool = get_tool(value)
+                if tool is not None and attr not in seen:
+                    seen.add(attr)
+                    found.append(tool.bind(self))
+        for item in extra:
+            tool = get_tool(item)
+            found.append(tool if tool is not None else FunctionTool.from_function(item))  # type: ignore[arg-type]
+        names = [t.name for t in found]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"two tools share the name(s) {sorted(dupes)}")
+        return found
+
+    @property
+    def tools(self) -> list[FunctionTool]:
+        return list(self._tools)
+
+    def tool(self, name: str) -> FunctionTool | None:
+        return next((t for t in self._tools if t.name == name), None)
+
+    @property
+    def session(self) -> AgentSession:
+        """The session running this agent.
+
+        Raises:
+            RuntimeError: the agent is not attached to a session yet.
+        """
+        if self._session is None:
+            raise RuntimeError("this agent is not running in an AgentSession")
+        return self._session
+
+    @session.setter
+    def session(self, value: AgentSession | None) -> None:
+        self._session = value
+
+    def set_thinking_audio(self, config: BackgroundAudioHandlerConfig) -> None:
+        """Audio to play while the agent thinks (between the user's turn and the first word)."""
+        self._thinking_background_config = config
+
+    @property
+    def thinking_audio(self) -> BackgroundAudioHandlerConfig | None:
+        return self._thinking_background_config
+
+    async def initialize_mcp(self) -> None:
+        """Load tools from MCP servers; none by default."""
+
+    # -- hooks --------------------------------------------------------------------------------
+    async def on_enter(self) -> None:
+        """Called when the agent takes over the session."""
+
+    async def on_exit(self) -> None:
+        """Called when the agent hands over or the session closes."""
+
+    def on_speech_in(self, data: dict[str, Any]) -> None:
+        """Called with each final user transcript (``{"text": ..., ...}``)."""
+
+    def on_speech_out(self, data: dict[str, Any]) -> None:
+        """Called when the agent starts saying something (``{"text": ..., ...}``)."""
+
+    async def cleanup(self) -> None:
+        """Release the agent's resources; called last when the session closes."""

@@ -1,0 +1,74 @@
+"""A small event emitter whose failing callbacks are logged, never fatal."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+__all__ = ["EventEmitter"]
+
+_log = logging.getLogger("trioagent.events")
+
+Callback = Callable[[Any], Any]
+
+
+class EventEmitter:
+    """`on(name, callback)` / `off(name, callback)` / `emit(name, payload)`.
+
+    Only the names in `event_names` are accepted, so a typo fails loudly at `on()`. A sync callback
+    runs inline; an async one runs as a task in `nursery` (the session's), so it has an owner. A
+    callback that raises is logged with its traceback and the others still run.
+    """
+
+    event_names: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Callback]] = {}
+        self._callback_nursery: trio.Nursery | None = None
+
+    def on(self, name: str, callback: Callback | None = None) -> Any:
+        """Register `callback` for `name`; usable as a decorator when `callback` is omitted."""
+        self._check(name)
+        if callback is None:
+            def deco(cb: Callback) -> Callback:
+                self.on(name, cb)
+                return cb
+
+            return deco
+        self._handlers.setdefault(name, []).append(callback)
+        return callback
+
+    def off(self, name: str, callback: Callback) -> None:
+        """Unregister a callback; unknown callbacks are ignored."""
+        self._check(name)
+        handlers = self._handlers.get(name, [])
+        if callback in handlers:
+            handlers.remove(callback)
+
+    def emit(self, name: str, payload: Any = None) -> None:
+        self._check(name)
+        for cb in list(self._handlers.get(name, ())):
+            try:
+                if inspect.iscoroutinefunction(cb):
+                    if self._callback_nursery is None:
+                        _log.warning("async %s callback %r dropped: the session is not running", name, cb)
+                        continue
+                    self._callback_nursery.start_soon(self._run_async, name, cb, payload)
+                else:
+                    cb(payload)
+            except Exception:
+                _log.exception("%s callback %r raised", name, cb)
+
+    async def _run_async(self, name: str, cb: Callback, payload: Any) -> None:
+        try:
+            await cb(payload)
+        except Exception:
+            _log.exception("%s callback %r raised", name, cb)
+
+    def _check(self, name: str) -> None:
+        if self.event_names and name not in self.event_names:
+            raise ValueError(f"unknown event {name!r}; known: {', '.join(sorted(self.event_names))}")

@@ -1,0 +1,62 @@
+"""Per-turn latency metrics, on the session clock."""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["TurnMetrics"]
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+@attrs.frozen
+class TurnMetrics:
+    """What one turn cost, measured on the session clock (seconds).
+
+    Times are absolute session times (None when the turn never got there); the latencies are
+    derived from them. `e2e_latency` is measured: from the end of the user's speech to the tick
+    at which the first frame of the agent's answer left the mixer.
+    """
+
+    turn_id: str
+    user_text: str = ""
+    agent_text: str = ""
+    user_speech_start: float | None = None
+    user_speech_end: float | None = None
+    stt_final_at: float | None = None
+    end_of_turn_at: float | None = None
+    llm_started_at: float | None = None
+    llm_first_token_at: float | None = None
+    tts_started_at: float | None = None
+    tts_first_byte_at: float | None = None
+    first_audio_at: float | None = None
+    interrupted: bool = False
+    tool_calls: int = 0
+
+    @property
+    def end_of_utterance_delay(self) -> float | None:
+        return _diff(self.end_of_turn_at, self.user_speech_end)
+
+    @property
+    def stt_final_latency(self) -> float | None:
+        return _diff(self.stt_final_at, self.user_speech_end)
+
+    @property
+    def llm_ttft(self) -> float | None:
+        return _diff(self.llm_first_token_at, self.llm_started_at)
+
+    @property
+    def tts_ttfb(self) -> float | None:
+        return _diff(self.tts_first_byte_at, self.tts_started_at)
+
+    @property
+    def e2e_latency(self) -> float | None:
+        return _diff(self.first_audio_at, self.user_speech_end)
+
+    def as_dict(self) -> dict[str, object]:
+        d: dict[str, object] = attrs.asdict(self)
+        for name in ("end_of_utterance_delay", "stt_final_latency", "llm_ttft", "tts_ttfb", "e2e_latency"):
+            d[name] = getattr(self, name)
+        return d

@@ -1,0 +1,4 @@
+"""Pipelines: the engines that turn user audio into agent speech."""
+
+from .base import Pipeline as Pipeline
+from .cascading import CascadingPipeline as CascadingPipeline

@@ -1,0 +1,14 @@
+"""Provider protocols (VAD, STT, turn detection, LLM, TTS) and the providers shipped with trioagent."""
+
+from .base import LLM as LLM
+from .base import STT as STT
+from .base import TTS as TTS
+from .base import VAD as VAD
+from .base import LLMChunk as LLMChunk
+from .base import TextDelta as TextDelta
+from .base import ToolCall as ToolCall
+from .base import TranscriptEvent as TranscriptEvent
+from .base import TurnDetector as TurnDetector
+from .base import VADEvent as VADEvent
+from .turn import SilenceTurnDetector as SilenceTurnDetector
+from .vad import EnergyVAD as EnergyVAD

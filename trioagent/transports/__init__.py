@@ -1,0 +1,5 @@
+"""Transports: where a session's audio comes from and goes to."""
+
+from .base import NullTransport as NullTransport
+from .base import Transport as Transport
+from .memory import MemoryTransport as MemoryTransport

@@ -1,0 +1,69 @@
+"""The `Transport` protocol."""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+import trio
+
+from ..audio.frame import AudioFrame
+
+__all__ = ["Transport", "NullTransport"]
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Carries a session's audio.
+
+    The session reads user audio from `audio_in` (mono frames at `input_sample_rate`, stamped
+    with their capture time on the session clock) and sends the mixer's output with `send_audio`
+    (mono frames at `output_sample_rate`, one per tick).
+    """
+
+    input_sample_rate: int
+    output_sample_rate: int
+
+    @property
+    def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]: ...
+
+    async def send_audio(self, frame: AudioFrame) -> None:
+        """Play one frame. A checkpoint; may block for back-pressure."""
+        ...
+
+    def clear(self) -> None:
+        """Drop output queued downstream (barge-in). Not a checkpoint."""
+        ...
+
+    async def hang_up(self) -> None:
+        """End the call or connection from our side."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the transport. Idempotent."""
+        ...
+
+
+class NullTransport:
+    """No input, output discarded: for sessions driven only by `say()`/`reply()`."""
+
+    def __init__(self, output_sample_rate: int = 24000, input_sample_rate: int = 16000) -> None:
+        self.input_sample_rate = input_sample_rate
+        self.output_sample_rate = output_sample_rate
+        self._send, self._receive = trio.open_memory_channel[AudioFrame](math.inf)
+
+    @property
+    def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
+        return self._receive
+
+    async def send_audio(self, frame: AudioFrame) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def clear(self) -> None:
+        pass
+
+    async def hang_up(self) -> None:
+        self._send.close()
+
+    async def aclose(self) -> None:
+        self._send.close()
