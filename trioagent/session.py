@@ -13,7 +13,6 @@ The wake-up timer is one task looping on a cancel scope whose deadline is moved:
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
 import math
@@ -39,9 +38,6 @@ from .utterance import UtteranceHandle
 __all__ = ["AgentSession", "AgentState", "UserState"]
 
 _log = logging.getLogger("trioagent.session")
-
-# Set in every task of a session's nursery: lets close() know it is called from inside.
-_current_session: contextvars.ContextVar[AgentSession | None] = contextvars.ContextVar("trioagent_session", default=None)
 
 
 class AgentSession(EventEmitter):
@@ -96,6 +92,7 @@ class AgentSession(EventEmitter):
         self._user_state = UserState.IDLE
         self._reply_in_progress = False
         self._nursery: trio.Nursery | None = None
+        self._tasks_task: trio.lowlevel.Task | None = None
         self._outer_cm: Any = None
         self._started = False
         self._close_started = False
@@ -186,7 +183,7 @@ class AgentSession(EventEmitter):
         await self._closed.wait()
 
     async def _run_tasks(self, *, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
-        _current_session.set(self)
+        self._tasks_task = trio.lowlevel.current_task()
         try:
             async with trio.open_nursery() as nursery:
                 self._callback_nursery = nursery
@@ -250,14 +247,15 @@ class AgentSession(EventEmitter):
         steps together are bounded by `close_grace` seconds, even when a provider hangs. When
         called from outside the session, returns after every session task has finished.
         """
-        inside = _current_session.get() is self
+        inside = self._called_from_inside()
         if self._close_started:
             if not inside:
                 await self._closed.wait()
             return
         self._close_started = True
         self._emit_agent_state(AgentState.CLOSING)
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + self.close_grace) as grace:
+        deadline = trio.current_time() + self.close_grace
+        with trio.CancelScope(shield=True):
             if self.current_utterance is not None:
                 self.current_utterance.interrupt("session closing")
             self._wake_pause("closing")
@@ -272,11 +270,14 @@ class AgentSession(EventEmitter):
                 steps.append(("conversation_flow.cleanup", self.conversation_flow.cleanup))
             steps += [("agent.cleanup", self.agent.cleanup), ("transport.aclose", self.transport.aclose)]
             for name, step in steps:
-                try:
-                    await step()
-                except Exception:
-                    _log.exception("%s raised during close", name)
-                if grace.cancel_called:
+                # Each step in its own scope: one that hangs is cut at the shared deadline and
+                # the next ones still run (those after the deadline up to their first checkpoint).
+                with trio.move_on_at(deadline) as bound:
+                    try:
+                        await step()
+                    except Exception:
+                        _log.exception("%s raised during close", name)
+                if bound.cancelled_caught:
                     _log.warning("close: %s did not finish within the %.1f s grace period", name, self.close_grace)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
@@ -285,6 +286,16 @@ class AgentSession(EventEmitter):
                     await self._tasks_done.wait()
         self.on_wake_up = None
         self._closed.set()
+
+    def _called_from_inside(self) -> bool:
+        """Whether the current task is one of this session's own (a tool, a callback...)."""
+        task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+        while task is not None:
+            if task is self._tasks_task:
+                return True
+            nursery = task.parent_nursery
+            task = nursery.parent_task if nursery is not None else None
+        return False
 
     async def leave(self) -> None:
         """Hang up the transport, then close."""
@@ -366,7 +377,10 @@ class AgentSession(EventEmitter):
                     self._emit_agent_state(AgentState.LISTENING if self._user_state is UserState.SPEAKING else AgentState.IDLE)
                     if self._user_state is UserState.LISTENING:
                         self._emit_user_state(UserState.IDLE)
-                self._wake_resume("agent")
+                # Re-arm from the exact tick the audio finished on, not from when this task
+                # woke up to notice (the pump wakes a hair after each tick).
+                voice = handle._voice
+                self._wake_resume("agent", since=voice.played_out_at if voice is not None else None)
 
     def interrupt(self) -> None:
         """Interrupt the agent's current speech (and drop output queued in the transport)."""
@@ -415,9 +429,15 @@ class AgentSession(EventEmitter):
         self._thinking_player = player
 
     async def stop_thinking_audio(self) -> None:
+        """Stop the thinking audio; returns once its fade-out has played."""
         player, self._thinking_player = self._thinking_player, None
         if player is not None:
             await player.stop()
+
+    def _stop_thinking_audio_nowait(self) -> None:
+        player, self._thinking_player = self._thinking_player, None
+        if player is not None:
+            player.stop_nowait()
 
     # -- the wake-up timer -----------------------------------------------------------------------
     async def _wake_up_timer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

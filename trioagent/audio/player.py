@@ -107,10 +107,16 @@ class BackgroundAudioPlayer:
             finally:
                 source.stop()
 
-    async def stop(self) -> None:
-        """Stop playing; returns once the fade-out has played (bounded). Idempotent."""
+    def stop_nowait(self) -> None:
+        """Stop playing now: the source starts fading out on the next tick. Idempotent."""
         if self._scope is not None:
             self._scope.cancel()
+        if self._source is not None:
+            self._source.stop()
+
+    async def stop(self) -> None:
+        """Stop playing; returns once the fade-out has played (bounded). Idempotent."""
+        self.stop_nowait()
         if self._source is not None:
             with trio.move_on_after(self.mixer.fade_duration + 3 * self.mixer.frame_duration):
                 await self._source.wait_played_out()

@@ -83,7 +83,7 @@ class _Spoken:
                 continue
             sentence = text.split()
             if duration > 0 and played > 0:
-                words += sentence[: int(len(sentence) * played / duration)]
+                words += sentence[: round(len(sentence) * played / duration)]
             break
         return " ".join(words)
 
@@ -527,7 +527,7 @@ class CascadingPipeline:
                                     return
                                 if state is not None:
                                     state["metrics"] = attrs.evolve(state["metrics"], tts_first_byte_at=trio.current_time())
-                                await session.stop_thinking_audio()
+                                session._stop_thinking_audio_nowait()  # fades out as the voice starts
                                 session._emit_agent_state(AgentState.SPEAKING)
                                 if session.user_state is UserState.IDLE:
                                     session._emit_user_state(UserState.LISTENING)

@@ -108,10 +108,10 @@ class ToneTTS:
         seconds_per_word: audio length per word.
         ttfb: delay before the first frame.
         frame_duration: size of the frames it yields (all yielded at once after `ttfb`).
-        frequency: tone pitch in Hz.
+        frequency: tone pitch in Hz (250 Hz: whole periods in every 20 ms frame).
     """
 
-    def __init__(self, sample_rate: int = 24000, seconds_per_word: float = 0.25, ttfb: float = 0.0, frame_duration: float = 0.02, frequency: float = 220.0) -> None:
+    def __init__(self, sample_rate: int = 24000, seconds_per_word: float = 0.25, ttfb: float = 0.0, frame_duration: float = 0.02, frequency: float = 250.0) -> None:
         self.sample_rate = sample_rate
         self.seconds_per_word = seconds_per_word
         self.ttfb = ttfb
