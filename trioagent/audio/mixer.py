@@ -347,7 +347,14 @@ class Mixer:
                 s._level = 0.0  # an underflowing stream restarts with a fade-in
                 keep.append(s)
                 continue
-            chunk, got = s._take(n)
+            if silent:
+                # Fading out: use only the samples under the ramp, so a paused source resumes
+                # exactly where its fade ended (a stopped one drops its queue anyway).
+                chunk, got = s._take(min(n, math.ceil(s._level / step - 1e-9)))
+                if len(chunk) < n:
+                    chunk = np.concatenate([chunk, np.zeros(n - len(chunk), np.float32)])
+            else:
+                chunk, got = s._take(n)
             if s.started_at is None:
                 s.started_at = now
             s.played_samples += got

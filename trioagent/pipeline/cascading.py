@@ -49,6 +49,9 @@ __all__ = ["CascadingPipeline"]
 _log = logging.getLogger("trioagent.pipeline")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
+# Input arrives a frame at a time: at the barge-in deadline the last frame may still be in
+# flight, so speech that has lasted the minimum duration minus one frame counts as long enough.
+_INPUT_SLACK = 0.02
 
 
 class _SentenceSplitter:
@@ -100,6 +103,7 @@ class _TurnState:
     stt_final_at: float | None = None
     transcript_this_segment: bool = False
     over_agent: bool = False  # this speech segment began while the agent was talking
+    long_enough: bool = False  # it has lasted min_interruption_duration
     barged_in: bool = False
 
     def text(self) -> str:
@@ -264,6 +268,7 @@ class CascadingPipeline:
             turn.speech_end = None
             turn.transcript_this_segment = False
             turn.barged_in = False
+            turn.long_enough = False
             self._eou_deadline = math.inf
             session._wake_pause("user")
             session._emit_user_state(UserState.SPEAKING)
@@ -288,6 +293,9 @@ class CascadingPipeline:
             if session.agent_state is AgentState.LISTENING:
                 session._emit_agent_state(AgentState.IDLE)
             if turn.over_agent and not turn.barged_in:
+                if self.min_interruption_words and event.time - (turn.speech_start or event.time) >= self.min_interruption_duration:
+                    turn.long_enough = True  # long enough; the final transcript decides
+                    return
                 # A backchannel ("mm-hmm") over the agent: not a turn (its late final is
                 # dropped too, since over_agent stays set until the next speech starts).
                 turn.finals.clear()
@@ -309,8 +317,8 @@ class CascadingPipeline:
         if self._paused is not None:
             # Words arrived: the barge-in was real.
             self._confirm_barge_in()
-        elif turn.speaking and turn.over_agent and self._barge_deadline == math.inf and not turn.barged_in:
-            # The minimum duration has passed but we were waiting for enough words.
+        elif turn.over_agent and turn.long_enough and not turn.barged_in:
+            # Long enough already, but we were waiting for enough words.
             self._try_barge_in()
         if event.is_final and not turn.speaking:
             if turn.over_agent and not turn.barged_in:
@@ -330,7 +338,15 @@ class CascadingPipeline:
         if now >= self._barge_deadline:
             self._barge_deadline = math.inf
             if self._turn.speaking:
-                self._try_barge_in()
+                assert self.vad is not None
+                missing = self.min_interruption_duration - self.vad.speech_duration - _INPUT_SLACK
+                if missing > 1e-9:
+                    # Trailing silence so far (the VAD has not ended the segment yet): look
+                    # again once enough more speech could have been heard.
+                    self._barge_deadline = now + missing
+                else:
+                    self._turn.long_enough = True
+                    self._try_barge_in()
         if now >= self._resume_deadline:
             self._resume_deadline = math.inf
             handle, self._paused = self._paused, None

@@ -34,6 +34,11 @@ class VAD(Protocol):
 
     sample_rate: int
 
+    @property
+    def speech_duration(self) -> float:
+        """Seconds of the current speech segment so far, without trailing silence (0 if none)."""
+        ...
+
     def process(self, frame: AudioFrame) -> list[VADEvent]:
         """Feed one mono frame at `sample_rate`; return the events it completes."""
         ...

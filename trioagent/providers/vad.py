@@ -28,6 +28,7 @@ class EnergyVAD:
     _speaking: bool = attrs.field(init=False, default=False)
     _run_start: float | None = attrs.field(init=False, default=None)
     _silence_start: float | None = attrs.field(init=False, default=None)
+    _processed_until: float = attrs.field(init=False, default=0.0)
     _win: int = attrs.field(init=False)
     _threshold: float = attrs.field(init=False)
 
@@ -38,6 +39,15 @@ class EnergyVAD:
     @property
     def speaking(self) -> bool:
         return self._speaking
+
+    @property
+    def speech_duration(self) -> float:
+        """Seconds of the current speech segment heard so far, not counting trailing silence
+        (0 when not speaking)."""
+        if not self._speaking or self._run_start is None:
+            return 0.0
+        end = self._silence_start if self._silence_start is not None else self._processed_until
+        return max(0.0, end - self._run_start)
 
     def reset(self) -> None:
         self._speaking = False
@@ -67,7 +77,8 @@ class EnergyVAD:
                         self._speaking = True
                         events.append(VADEvent("start", self._run_start))
             else:
-                self._run_start = None
+                if not self._speaking:
+                    self._run_start = None
                 if self._speaking:
                     if self._silence_start is None:
                         self._silence_start = t
@@ -75,4 +86,6 @@ class EnergyVAD:
                         self._speaking = False
                         events.append(VADEvent("end", self._silence_start))
                         self._silence_start = None
+                        self._run_start = None
+        self._processed_until = t0 + n * w
         return events

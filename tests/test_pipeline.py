@@ -1,0 +1,267 @@
+"""Turn taking, barge-in, tools and metrics: whole conversations in virtual time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from trioagent import Agent, ChatRole, ConversationFlow, ProviderError, TurnMetrics, function_tool
+from trioagent.chat import FunctionCall, FunctionCallOutput
+from trioagent.testing import ToolCall, silence, speech
+
+from .kit import FADE, TICK, EventLog, about, at, make_session
+
+LONG = " ".join(["word"] * 40)  # 10 s of agent speech with ToneTTS
+
+
+async def test_reply_timeline_and_metrics(autojump_clock: trio.testing.MockClock) -> None:
+    session, transport, llm, _ = make_session(transcripts=["what time is it"], script=["It is noon."], ttft=0.3, ttfb=0.1)
+    collected: list[TurnMetrics] = []
+    session.on("metrics_collected", collected.append)
+    log = EventLog(session)
+    async with session:
+        await transport.send_user_audio(speech(1.0))
+        await transport.send_user_audio(silence(2.0))
+    # Voice starts at end of speech + 0.5 endpointing + 0.3 TTFT + 0.1 TTFB = 1.9, on a tick.
+    (start, end), = transport.voice_segments()
+    assert start == about(1.9) and end == about(1.9 + 0.75)
+    m, = collected
+    assert m is session.metrics[0]
+    assert (m.user_speech_start, m.user_speech_end) == (at(0.0), at(1.0))
+    assert m.end_of_utterance_delay == at(0.5)
+    assert m.stt_final_latency == at(0.3)  # the STT (like the VAD) needs 0.3 s of silence
+    assert m.llm_ttft == at(0.3) and m.tts_ttfb == at(0.1)
+    assert m.e2e_latency == at(0.9)  # measured at the mixer, not summed
+    assert (m.user_text, m.agent_text, m.interrupted, m.tool_calls) == ("what time is it", "It is noon.", False, 0)
+    assert log.states("agent_state_changed")[:5] == ["starting", "idle", "listening", "idle", "thinking"]
+    assert log.times("agent_state_changed", "thinking") == [at(1.5)]
+    assert log.times("agent_state_changed", "speaking") == [at(1.9)]
+    assert log.times("user_state_changed", "speaking") == [at(0.1)]  # the VAD needs 0.1 s of speech
+    assert [(m.role, m.content) for m in llm.calls[0].messages] == [(ChatRole.SYSTEM, "You are a test."), (ChatRole.USER, "what time is it")]
+
+
+async def test_short_backchannel_does_not_interrupt(autojump_clock: trio.testing.MockClock) -> None:
+    session, transport, llm, _ = make_session(transcripts=["mm-hmm"])
+    async with session:
+        handle = await session.say(LONG)
+        await trio.sleep_until(1.0)
+        await transport.send_user_audio(speech(0.3))
+        await handle
+        assert not handle.interrupted
+        assert trio.current_time() == at(10.0)
+    assert transport.voice_segments() == [(about(0.0), about(10.0))]
+    assert llm.calls == []  # no turn was taken
+
+
+async def test_barge_in_silences_the_voice(autojump_clock: trio.testing.MockClock) -> None:
+    session, transport, llm, _ = make_session(transcripts=["stop please"], script=["Okay."])
+    async with session:
+        handle = await session.say(LONG)
+        await trio.sleep_until(1.0)
+        await transport.send_user_audio(speech(1.0))
+        assert handle.interrupted
+        await transport.send_user_audio(silence(2.0))
+    first, second = transport.voice_segments()
+    # Interrupted at onset + 0.5 = 1.5: silent within one tick plus the fade.
+    assert 1.5 < first[1] <= 1.5 + TICK + FADE
+    assert transport.clears == [at(1.5)]
+    assert second == (about(2.5), about(2.75))  # the answer, after 2.0 + 0.5 endpointing
+    said = session.agent.chat_context.messages[1]
+    # Only what was played stays in the context: 1.5 s of 10 s is 6 of 40 words.
+    assert (said.content, said.interrupted) == (" ".join(["word"] * 6), True)
+    assert llm.calls[0].messages[-1].content == "stop please"
+
+
+async def test_false_interruption_resumes_after_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    session, transport, llm, _ = make_session(transcripts=[""])  # noise: the STT hears no words
+    async with session:
+        handle = await session.say(LONG)
+        await trio.sleep_until(1.0)
+        await transport.send_user_audio(speech(1.0))
+        await handle
+        assert not handle.interrupted
+    first, second = transport.voice_segments()
+    assert 1.5 < first[1] <= 1.5 + TICK + FADE  # paused at onset + 0.5
+    assert second[0] == about(3.5)  # resumed exactly 2.0 s later, where it stopped
+    assert second[1] == about(3.5 + 10.0 - 1.51)  # the rest of the audio (10 ms faded at the pause)
+    assert llm.calls == []
+
+
+async def test_min_interruption_words(autojump_clock: trio.testing.MockClock) -> None:
+    session, transport, llm, _ = make_session(
+        transcripts=["yeah", "please stop talking now"], script=["Sure."], pipeline_options={"min_interruption_words": 3}
+    )
+    async with session:
+        handle = await session.say(LONG)
+        await trio.sleep_until(1.0)
+        await transport.send_user_audio(speech(1.0))  # 1 s but one word: not an interruption
+        await transport.send_user_audio(silence(1.0))
+        assert not handle.interrupted
+        await transport.send_user_audio(speech(1.0))  # 3.0 .. 4.0, four words
+        await transport.send_user_audio(silence(0.3))
+        await trio.testing.wait_all_tasks_blocked()
+        assert handle.interrupted
+        await transport.send_user_audio(silence(1.0))
+    # Interrupted when the final transcript brought enough words (at the VAD's end of speech).
+    assert transport.voice_segments()[0][1] == about(4.3 + 0.01)
+    assert llm.calls[0].messages[-1].content == "please stop talking now"
+
+
+async def test_stale_reply_never_plays_over_the_user(autojump_clock: trio.testing.MockClock) -> None:
+    session, transport, llm, tts = make_session(transcripts=["first part", "second part"], script=["Stale answer.", "Fresh answer."], ttft=0.3)
+    async with session:
+        await transport.send_user_audio(speech(1.0))  # end of turn at 1.5, LLM answers at 1.8
+        await transport.send_user_audio(silence(0.6))
+        await transport.send_user_audio(speech(1.0))  # 1.6 .. 2.6: detected at 1.7, before 1.8
+        await transport.send_user_audio(silence(2.0))
+    assert tts.texts == ["Fresh answer."]
+    assert transport.voice_segments() == [(about(3.4), about(3.9))]
+    assert [m.content for m in llm.calls[1].messages if m.role is ChatRole.USER] == ["first part", "second part"]
+    assert [m.content for m in session.agent.chat_context.messages if m.role is ChatRole.ASSISTANT] == ["Fresh answer."]
+
+
+class WeatherAgent(Agent):
+    def __init__(self) -> None:
+        super().__init__(instructions="Weather bot.")
+        self.asked: list[str] = []
+
+    @function_tool
+    async def get_weather(self, city: str) -> dict[str, Any]:
+        """Current weather for a city."""
+        self.asked.append(city)
+        await trio.sleep(0.2)
+        return {"city": city, "sky": "sunny"}
+
+
+async def test_tool_call_round_trip(autojump_clock: trio.testing.MockClock) -> None:
+    agent = WeatherAgent()
+    script = [ToolCall("get_weather", {"city": "Paris"}), "It is sunny in Paris."]
+    session, transport, llm, _ = make_session(agent, transcripts=["weather in paris"], script=script, ttft=0.1)
+    async with session:
+        await transport.send_user_audio(speech(1.0))
+        await transport.send_user_audio(silence(3.0))
+    assert agent.asked == ["Paris"]
+    items = agent.chat_context.items
+    call = next(i for i in items if isinstance(i, FunctionCall))
+    output = next(i for i in items if isinstance(i, FunctionCallOutput))
+    assert (call.name, call.arguments) == ("get_weather", '{"city": "Paris"}')
+    assert output.call_id == call.call_id and '"sky": "sunny"' in output.output
+    assert items.index(call) < items.index(output) < items.index(agent.chat_context.messages[-1])
+    assert agent.chat_context.messages[-1].content == "It is sunny in Paris."
+    assert any(isinstance(i, FunctionCallOutput) for i in llm.calls[1].items)  # the result went back
+    # 1.5 end of turn + 0.1 TTFT + 0.2 tool + 0.1 TTFT = 1.9
+    assert transport.voice_segments()[0][0] == about(1.9)
+    assert session.metrics[0].tool_calls == 1
+
+
+async def test_tool_loop_is_bounded_and_bad_calls_are_reported(autojump_clock: trio.testing.MockClock) -> None:
+    agent = WeatherAgent()
+    script: list[Any] = [ToolCall("nope", {}), ToolCall("get_weather", {"town": "x"}), ToolCall("get_weather", {"city": "Rome"}), "Done."]
+    session, transport, llm, _ = make_session(agent, transcripts=["go"], script=script)
+    async with session:
+        await transport.send_user_audio(speech(1.0))
+        await transport.send_user_audio(silence(3.0))
+    outputs = [i.output for i in agent.chat_context.items if isinstance(i, FunctionCallOutput)]
+    assert "no tool named 'nope'" in outputs[0]
+    assert "unexpected argument 'town'" in outputs[1] or "missing required city" in outputs[1]
+    assert agent.asked == ["Rome"]
+    assert llm.tools_seen == [["get_weather"]] * 3 + [[]]  # the 4th step (max_tool_steps=3) gets no tools
+    assert agent.chat_context.messages[-1].content == "Done."
+
+
+async def test_provider_error_ends_only_that_turn(autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    class FlakyLLM:
+        def __init__(self) -> None:
+            self.n = 0
+
+        async def chat(self, chat_context: Any, tools: Any) -> Any:
+            self.n += 1
+            if self.n == 1:
+                raise ProviderError("upstream 500", provider="FlakyLLM")
+            yield_text = "Second try works."
+            from trioagent.providers import TextDelta
+
+            yield TextDelta(yield_text)
+
+    session, transport, _, _ = make_session(transcripts=["one", "two"])
+    session.pipeline.llm = FlakyLLM()  # type: ignore[attr-defined]
+    async with session:
+        await transport.send_user_audio(speech(1.0))
+        await transport.send_user_audio(silence(1.0))
+        assert session.current_utterance is not None and session.current_utterance.done()
+        await transport.send_user_audio(speech(1.0))
+        await transport.send_user_audio(silence(2.0))
+    assert "upstream 500" in caplog.text
+    assert [m.content for m in session.agent.chat_context.messages if m.role is ChatRole.ASSISTANT] == ["Second try works."]
+
+
+class Recorder(ConversationFlow):
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[str] = []
+
+    async def process_transcript(self, transcript: str) -> str | None:
+        self.log.append(f"process:{transcript}")
+        return None if transcript == "ignore me" else transcript.upper()
+
+    async def on_turn_start(self, transcript: str) -> None:
+        self.log.append(f"start:{transcript}")
+
+    async def on_turn_end(self) -> None:
+        self.log.append("end")
+
+    def run_llm(self, llm: Any, chat_context: Any, tools: Any) -> Any:
+        self.log.append("llm")
+        return llm.chat(chat_context, tools)
+
+
+async def test_conversation_flow_hooks(autojump_clock: trio.testing.MockClock) -> None:
+    flow = Recorder()
+    session, transport, llm, _ = make_session(transcripts=["ignore me", "hello"], script=["Hi."], conversation_flow=flow)
+    async with session:
+        for _ in range(2):
+            await transport.send_user_audio(speech(1.0))
+            await transport.send_user_audio(silence(1.5))
+    assert flow.log == ["process:ignore me", "process:hello", "start:HELLO", "llm", "end"]
+    assert llm.calls[0].messages[-1].content == "HELLO"
+
+
+class Receptionist(Agent):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__(instructions="Route calls.")
+        self.log = log
+
+    @function_tool
+    async def transfer_to_sales(self) -> Agent:
+        """Hand the caller to sales."""
+        return Sales(self.log)
+
+    async def on_exit(self) -> None:
+        self.log.append("receptionist exit")
+
+
+class Sales(Agent):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__(instructions="Sell.")
+        self.log = log
+
+    async def on_enter(self) -> None:
+        self.log.append("sales enter")
+        await self.session.say("Sales here")
+
+
+async def test_tool_returning_an_agent_hands_over(autojump_clock: trio.testing.MockClock) -> None:
+    log: list[str] = []
+    first = Receptionist(log)
+    session, transport, _, tts = make_session(first, transcripts=["sales please"], script=[ToolCall("transfer_to_sales", {})])
+    async with session:
+        await transport.send_user_audio(speech(1.0))
+        await transport.send_user_audio(silence(2.0))
+        assert isinstance(session.agent, Sales) and session.agent.session is session
+        assert log == ["receptionist exit", "sales enter"]
+    assert tts.texts == ["Sales here"]
+    # The new agent knows the conversation so far, under its own instructions.
+    contents = [getattr(i, "content", None) for i in session.agent.chat_context.items]
+    assert contents[0] == "Sell." and "sales please" in contents and "Route calls." not in contents
