@@ -30,3 +30,34 @@ from .tools import function_tool as function_tool
 from .utterance import UtteranceHandle as UtteranceHandle
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentSession",
+    "AgentState",
+    "AudioFormatError",
+    "AudioFrame",
+    "BackgroundAudioHandlerConfig",
+    "CascadingPipeline",
+    "ChatContext",
+    "ChatMessage",
+    "ChatRole",
+    "ConversationFlow",
+    "EnergyVAD",
+    "FunctionCall",
+    "FunctionCallOutput",
+    "FunctionTool",
+    "Pipeline",
+    "ProtocolError",
+    "ProviderError",
+    "ProviderTimeout",
+    "SessionClosed",
+    "SilenceTurnDetector",
+    "ToolError",
+    "TransportClosed",
+    "TrioAgentError",
+    "TurnMetrics",
+    "UserState",
+    "UtteranceHandle",
+    "function_tool",
+]

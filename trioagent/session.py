@@ -23,7 +23,7 @@ import trio
 
 from .agent import Agent
 from .audio.frame import AudioFrame
-from .audio.mixer import Mixer
+from .audio.mixer import Mixer, TickClock
 from .audio.player import BackgroundAudioHandlerConfig, BackgroundAudioPlayer
 from .chat import ChatRole
 from .errors import SessionClosed
@@ -55,6 +55,8 @@ class AgentSession(EventEmitter):
         transport: where audio comes from and goes to (default: no input, output discarded).
         close_grace: bound on the graceful part of `close()`, in seconds.
         close_on_input_end: close once the transport's input ends and the agent has finished.
+        tick_clock: a clock shared by many sessions of one process (see `TickClock`); by
+            default the session's mixer keeps its own time.
     """
 
     event_names = frozenset({"user_state_changed", "agent_state_changed", "on_speech_in", "on_speech_out", "metrics_collected"})
@@ -70,6 +72,7 @@ class AgentSession(EventEmitter):
         transport: Transport | None = None,
         close_grace: float = 2.0,
         close_on_input_end: bool = True,
+        tick_clock: TickClock | None = None,
     ) -> None:
         super().__init__()
         if wake_up is not None and wake_up <= 0:
@@ -82,6 +85,7 @@ class AgentSession(EventEmitter):
         self.transport: Transport = transport if transport is not None else NullTransport()
         self.close_grace = close_grace
         self.close_on_input_end = close_on_input_end
+        self.tick_clock = tick_clock
         self.on_wake_up: Callable[[], Any] | None = None
         self.mixer = Mixer(sample_rate=self.transport.output_sample_rate)
         self.current_utterance: UtteranceHandle | None = None
@@ -123,6 +127,11 @@ class AgentSession(EventEmitter):
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def closing(self) -> bool:
+        """True from the moment `close()` starts."""
+        return self._close_started
+
     def _emit_agent_state(self, state: AgentState, data: dict[str, Any] | None = None) -> None:
         if state != self._agent_state:
             self._agent_state = state
@@ -155,8 +164,13 @@ class AgentSession(EventEmitter):
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        await self.close()
-        return await self._exit_outer(exc)
+        try:
+            await self.close()
+        finally:
+            # Always leave the outer nursery, even if close() was cancelled (trio's nursery
+            # stack must unwind in order).
+            suppressed = await self._exit_outer(exc)
+        return suppressed
 
     async def _exit_outer(self, exc: BaseException | None) -> bool:
         """Leave the outer nursery; an exception from the `async with` body comes out as itself,
@@ -224,16 +238,18 @@ class AgentSession(EventEmitter):
         self.off("on_speech_out", agent.on_speech_out)
 
     async def _pump_output(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        send, receive = trio.open_memory_channel[AudioFrame](2)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.mixer.run, send)
-            task_status.started()
-            async with receive:
-                async for frame in receive:
-                    await self.transport.send_audio(frame)
+        # The pump sends straight to the transport: no extra task or channel hop per tick.
+        await self.mixer.run(_TransportSink(self.transport), clock=self.tick_clock, task_status=task_status)
 
     async def _run_pipeline(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.pipeline.run(self, task_status=task_status)
+        try:
+            await self.pipeline.run(self, task_status=task_status)
+        except Exception:
+            # A provider's stream failed (an STT that died, say): this session ends cleanly;
+            # nothing outside it is touched.
+            _log.exception("the pipeline failed; closing the session")
+            await self.close()
+            return
         # The input has ended (the caller hung up, the file is over).
         if self.close_on_input_end:
             while self.current_utterance is not None and not self.current_utterance.done():
@@ -496,3 +512,16 @@ class AgentSession(EventEmitter):
         self.pipeline.set_agent(new_agent)
         self._hook_agent(new_agent)
         await new_agent.on_enter()
+
+
+class _TransportSink(trio.abc.SendChannel[AudioFrame]):
+    """The mixer's output channel, writing straight into the transport."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    async def send(self, value: AudioFrame) -> None:
+        await self._transport.send_audio(value)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()

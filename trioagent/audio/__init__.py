@@ -10,6 +10,7 @@ from .frame import AudioFrame as AudioFrame
 from .mixer import Mixer as Mixer
 from .mixer import MixerSource as MixerSource
 from .mixer import MixerStatistics as MixerStatistics
+from .mixer import TickClock as TickClock
 from .player import BackgroundAudioHandlerConfig as BackgroundAudioHandlerConfig
 from .player import BackgroundAudioPlayer as BackgroundAudioPlayer
 from .resample import StreamResampler as StreamResampler

@@ -57,6 +57,16 @@ class AudioFrame:
                 f"samples for {self.channels} channels must have shape (n, {self.channels}), got {s.shape}"
             )
 
+    @classmethod
+    def _trusted(cls, samples: Int16Array, sample_rate: int, channels: int, timestamp: float) -> AudioFrame:
+        """Build without validation, for hot paths whose values are right by construction."""
+        frame = object.__new__(cls)
+        object.__setattr__(frame, "samples", samples)
+        object.__setattr__(frame, "sample_rate", sample_rate)
+        object.__setattr__(frame, "channels", channels)
+        object.__setattr__(frame, "timestamp", timestamp)
+        return frame
+
     # -- named constructors -------------------------------------------------------------
     @classmethod
     def from_pcm16(
@@ -115,7 +125,7 @@ class AudioFrame:
 
     def to_float(self) -> Float32Array:
         """float32 samples in [-1, 1), same shape as `samples`."""
-        return self.samples.astype(np.float32) * np.float32(1.0 / 32768.0)
+        return np.multiply(self.samples, np.float32(1.0 / 32768.0), dtype=np.float32)
 
     @property
     def samples_per_channel(self) -> int:

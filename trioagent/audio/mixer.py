@@ -27,7 +27,7 @@ import trio
 
 from .frame import AudioFrame, Float32Array
 
-__all__ = ["Mixer", "MixerSource", "MixerStatistics"]
+__all__ = ["Mixer", "MixerSource", "MixerStatistics", "TickClock"]
 
 _EMPTY = np.zeros(0, np.float32)
 _WAKE_AFTER = 1e-6  # seconds the pump wakes after each tick's deadline (see Mixer.run)
@@ -39,7 +39,7 @@ class MixerStatistics:
 
     Attributes:
         ticks: frames mixed so far.
-        underruns: ticks the pump started later than half a frame after their deadline.
+        underruns: ticks handled a whole frame or more after their time, or skipped.
         active_sources: sources currently in the mix (including ones fading out).
     """
 
@@ -122,6 +122,17 @@ class MixerSource:
         if self._ended or self._stopping:
             raise RuntimeError(f"source {self.name!r} is closed for input")
         self._append(frame.to_mono().to_float())
+
+    def push_float(self, samples: Float32Array) -> None:
+        """Queue float32 mono samples in [-1, 1) at this source's rate, without copying them
+        (the caller must not change the array afterwards). For prepared clips.
+
+        Raises:
+            RuntimeError: `end()` was called or the source was stopped.
+        """
+        if self._ended or self._stopping:
+            raise RuntimeError(f"source {self.name!r} is closed for input")
+        self._append(np.asarray(samples, np.float32))
 
     def end(self) -> None:
         """No more audio will be pushed; the source is played out once its queue drains."""
@@ -255,6 +266,7 @@ class Mixer:
     _steps: Float32Array = attrs.field(init=False)
     _fade_step: float = attrs.field(init=False)
     _acc: Float32Array = attrs.field(init=False)
+    _duck: float = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.sample_rate <= 0:
@@ -270,6 +282,7 @@ class Mixer:
         self._steps = np.arange(1, n + 1, dtype=np.float32)
         self._fade_step = 1.0 / (self.fade_duration * self.sample_rate)
         self._acc = np.zeros(n, np.float32)
+        self._duck = float(10.0 ** (self.duck_db / 20.0))
 
     @property
     def frame_samples(self) -> int:
@@ -277,7 +290,7 @@ class Mixer:
 
     @property
     def duck_gain(self) -> float:
-        return float(10.0 ** (self.duck_db / 20.0))
+        return self._duck
 
     # -- sources ----------------------------------------------------------------------------
     def add_source(
@@ -321,11 +334,18 @@ class Mixer:
             if s.voice and s._audible and not s._stopping and not s._paused:
                 voice_on = True
                 break
-        duck, self._duck_level = _ramp(
-            self._duck_level, self.duck_gain if voice_on else 1.0, step, n, steps
-        )
+        duck, self._duck_level = _ramp(self._duck_level, self._duck if voice_on else 1.0, step, n, steps)
         keep: list[MixerSource] = []
         for s in sources:
+            if s._level == 1.0 and s._queued >= n and not (s._stopping or s._paused):
+                # The steady state: a full frame queued, no fade under way.
+                chunk, got = s._take(n)
+                s.played_samples += got
+                acc += chunk * (s.gain if s.voice else s.gain * duck)
+                if s._ended and s._queued == 0 and not s.loop:
+                    s._level = 0.0  # played out on the next tick
+                keep.append(s)
+                continue
             if s._finished:
                 continue
             if s._ended and s._queued == 0 and s._level == 0.0 and not s.loop and s.played_samples:
@@ -366,46 +386,99 @@ class Mixer:
             keep.append(s)
         self._sources = keep
         self._ticks += 1
-        np.clip(acc, -1.0, 32767.0 / 32768.0, out=acc)
-        out = np.rint(acc * 32768.0).astype(np.int16)
-        return AudioFrame(out, self.sample_rate, 1, now)
+        np.multiply(acc, 32768.0, out=acc)
+        np.clip(acc, -32768.0, 32767.0, out=acc)  # saturate: no wrap-around
+        np.rint(acc, out=acc)
+        return AudioFrame._trusted(acc.astype(np.int16), self.sample_rate, 1, now)
 
     # -- the pump ---------------------------------------------------------------------------
     async def run(
         self,
         send_channel: trio.abc.SendChannel[AudioFrame],
         *,
+        clock: TickClock | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Tick every `frame_duration` on the trio clock and send each mixed frame.
 
-        Runs until cancelled or until the receiver closes. The first tick is at the time `run`
-        starts; tick k is at ``t0 + k * frame_duration`` (the pump wakes 1 µs after it, and
-        frame timestamps are the exact tick times). A tick that wakes more than half a
-        frame late counts as an underrun; a pump more than a whole frame behind skips ahead
-        rather than sending a burst.
+        Runs until cancelled or until the receiver closes. Without a `clock`, the first tick is
+        at the time `run` starts and tick k is at ``t0 + k * frame_duration`` (the pump wakes 1 µs
+        after it; frame timestamps are the exact tick times). With a shared `TickClock`, the
+        pump follows that clock's ticks instead, which saves a timer per session when a process
+        hosts many. A tick handled a whole frame or more after its time is an underrun (its slot
+        is over: a consumer with one frame of buffer hears a gap); the pump then skips ahead
+        (each skipped tick is an underrun) rather than sending a burst.
         """
+        if clock is not None and not math.isclose(clock.period, self.frame_duration):
+            raise ValueError(f"the clock ticks every {clock.period} s but this mixer's frame is {self.frame_duration} s")
         period = self.frame_duration
         t0 = trio.current_time()
-        k = 0
+        k = -1
         task_status.started()
-        with send_channel:
+        async with send_channel:
             while True:
-                deadline = t0 + k * period
-                # Wake a hair after the deadline, so that whatever any task does at exactly
-                # the tick's time t (add a source, stop one) is in the frame for t, whatever
-                # order the scheduler runs tasks in. Under a MockClock this is exact.
-                await trio.sleep_until(deadline + _WAKE_AFTER)
+                if clock is not None:
+                    tick, deadline = await clock.wait_tick(k)
+                    if k >= 0 and tick > k + 1:
+                        self._underruns += tick - k - 1
+                    k = tick
+                else:
+                    k += 1
+                    deadline = t0 + k * period
+                    # Wake a hair after the deadline, so that whatever any task does at exactly
+                    # the tick's time t (add a source, stop one) is in the frame for t, whatever
+                    # order the scheduler runs tasks in. Under a MockClock this is exact.
+                    await trio.sleep_until(deadline + _WAKE_AFTER)
                 late = trio.current_time() - deadline - _WAKE_AFTER
-                if late > period / 2:
-                    self._underruns += 1
-                    if late >= period:
-                        k += int(late // period)
+                if late >= period:
+                    # Slots that are over before their frame was made: gaps downstream. Skip
+                    # them (no burst); the frame made now is for the current slot.
+                    missed = int(late // period)
+                    self._underruns += missed
+                    if clock is None:
+                        k += missed
                         deadline = t0 + k * period
                 frame = self.mix(deadline)
                 try:
                     await send_channel.send(frame)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
-                k += 1
 
+
+@attrs.define(eq=False)
+class TickClock:
+    """One timer for many mixers: a process hosting many sessions runs one `TickClock` task and
+    passes the clock to every session, so each tick costs one timer wake-up in all, not one per
+    session, and all mixers tick together.
+
+    Run it in a nursery that outlives the sessions using it: ``await nursery.start(clock.run)``.
+    """
+
+    period: float = 0.02
+    _lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
+    _index: int = attrs.field(init=False, default=-1)
+    _time: float = attrs.field(init=False, default=-math.inf)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Tick until cancelled; tick k is at ``t0 + k * period`` (woken 1 µs after)."""
+        t0 = trio.current_time()
+        k = 0
+        task_status.started()
+        while True:
+            deadline = t0 + k * self.period
+            await trio.sleep_until(deadline + _WAKE_AFTER)
+            late = trio.current_time() - deadline - _WAKE_AFTER
+            if late >= self.period:
+                k += int(late // self.period)
+                deadline = t0 + k * self.period
+            self._index, self._time = k, deadline
+            self._lot.unpark_all()
+            k += 1
+
+    async def wait_tick(self, after: int) -> tuple[int, float]:
+        """Wait for a tick newer than index `after`; return its index and time. A checkpoint."""
+        if self._index <= after:
+            await self._lot.park()
+        else:
+            await trio.lowlevel.checkpoint()
+        return self._index, self._time

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import attrs
 import trio
 
 from .codec import read_wav
-from .frame import AudioFrame
+from .frame import Float32Array
 from .mixer import Mixer, MixerSource
+from .resample import resample
 
 __all__ = ["BackgroundAudioHandlerConfig", "BackgroundAudioPlayer"]
 
@@ -36,26 +38,33 @@ class BackgroundAudioHandlerConfig:
     enabled: bool = True
 
 
+@functools.lru_cache(maxsize=32)
+def _load_clip(path: str, mtime_ns: int, size: int, rate: int) -> Float32Array:
+    """A WAV file as read-only float32 mono at `rate`; shared by every session that plays it
+    (keyed by path, modification time and size, so an edited file is read again)."""
+    data = resample(read_wav(path).to_mono(), rate).to_float()
+    data.flags.writeable = False
+    return data
+
+
 @attrs.define(eq=False)
 class BackgroundAudioPlayer:
-    """Streams one WAV file into a mixer from its own task and cancel scope.
+    """Plays one WAV file into a mixer from its own task and cancel scope.
 
     `start()` reads the file first, so a missing or unreadable file raises to the caller before
-    anything touches the mixer. `stop()` cancels the player's scope; its source fades out.
+    anything touches the mixer. The clip is resampled to the mixer rate once and shared by every
+    player of the same file (hundreds of sessions playing one hold music cost one copy). The
+    player's task owns the mixer source: `stop()` cancels its scope and the source fades out.
 
     Args:
         config: what to play.
         mixer: where to play it.
         name: the mixer source's name.
-        chunk_duration: how much audio is pushed at a time.
-        lead: how much audio the player keeps queued in the mixer ahead of the clock.
     """
 
     config: BackgroundAudioHandlerConfig
     mixer: Mixer
     name: str = "background"
-    chunk_duration: float = 0.1
-    lead: float = 0.2
     _scope: trio.CancelScope | None = attrs.field(init=False, default=None)
     _source: MixerSource | None = attrs.field(init=False, default=None)
 
@@ -68,7 +77,7 @@ class BackgroundAudioPlayer:
         return self._source
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Read the file and start streaming it in a task of `nursery`.
+        """Load the file and start playing it in a task of `nursery`.
 
         Raises:
             FileNotFoundError: the file is missing.
@@ -78,32 +87,22 @@ class BackgroundAudioPlayer:
             return
         if self._scope is not None:
             raise RuntimeError("this player was already started")
-        # Read in this thread: background clips are small, and a thread hop would let a
+        path = os.fspath(self.config.file_path)
+        st = os.stat(path)
+        # Read in this thread: clips are small and cached, and a thread hop would let a
         # MockClock jump while the file loads, which breaks virtual-time determinism.
-        clip = read_wav(self.config.file_path)
-        await nursery.start(self._run, clip.to_mono())
+        data = _load_clip(path, st.st_mtime_ns, st.st_size, self.mixer.sample_rate)
+        await nursery.start(self._run, data)
 
-    async def _run(self, clip: AudioFrame, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        source = self.mixer.add_source(clip.sample_rate, gain=self.config.volume, name=self.name)
+    async def _run(self, data: Float32Array, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        source = self.mixer.add_source(self.mixer.sample_rate, gain=self.config.volume, loop=self.config.looping, name=self.name)
         self._source = source
-        step = max(1, round(self.chunk_duration * clip.sample_rate))
-        total = clip.samples_per_channel
         with trio.CancelScope() as self._scope:
             task_status.started()
             try:
-                pos = 0
-                while total:
-                    while source.queued_duration < self.lead:
-                        end = min(pos + step, total)
-                        source.push(AudioFrame(clip.samples[pos:end], clip.sample_rate))
-                        pos = end
-                        if pos >= total:
-                            if not self.config.looping:
-                                source.end()
-                                await source.wait_played_out()
-                                return
-                            pos = 0
-                    await trio.sleep(self.chunk_duration)
+                source.push_float(data)
+                source.end()
+                await source.wait_played_out()
             finally:
                 source.stop()
 

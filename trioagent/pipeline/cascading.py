@@ -222,7 +222,10 @@ class CascadingPipeline:
                 # transcript the STT makes from the same audio.
                 for event in self.vad.process(vad_frame):
                     await event_send.send(event)
-                await stt_send.send(stt_frame)
+                try:
+                    stt_send.send_nowait(stt_frame)  # the common case: no task switch per frame
+                except trio.WouldBlock:
+                    await stt_send.send(stt_frame)  # the STT is behind: back-pressure
 
     async def _forward_transcripts(
         self,
@@ -389,7 +392,7 @@ class CascadingPipeline:
     def _end_of_turn(self, now: float) -> None:
         turn = self._turn
         text = turn.text()
-        if not text:
+        if not text or self.session.closing:
             return
         self._turn_count += 1
         metrics = TurnMetrics(
