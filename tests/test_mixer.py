@@ -182,3 +182,49 @@ async def test_slow_consumer_counts_underruns(autojump_clock: trio.testing.MockC
     # Frame 1 waits until the consumer is back at 0.1; by then the slots of ticks 2..4 are
     # over (3 underruns) and the pump makes tick 5; it waits until 0.2, missing ticks 6..9 (4).
     assert stats.underruns == 7 and stats.ticks == 4
+
+
+async def test_shared_tick_clock(autojump_clock: trio.testing.MockClock) -> None:
+    from trioagent.audio import TickClock
+
+    clock = TickClock()
+    a, b = Mixer(sample_rate=8000), Mixer(sample_rate=16000)
+    got: dict[str, list[float]] = {"a": [], "b": []}
+
+    async def collect(name: str, receive: trio.MemoryReceiveChannel[AudioFrame]) -> None:
+        async for frame in receive:
+            got[name].append(frame.timestamp)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        await trio.sleep(0.05)  # mixers joining later follow the clock's grid
+        for name, mixer in (("a", a), ("b", b)):
+            send, receive = trio.open_memory_channel[AudioFrame](100)
+            nursery.start_soon(collect, name, receive)
+            await nursery.start(lambda send=send, mixer=mixer, **kw: mixer.run(send, clock=clock, **kw))
+        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert got["a"] == got["b"] == [approx(t) for t in (0.06, 0.08, 0.10, 0.12, 0.14)]
+    with pytest.raises(ValueError, match="ticks every"):
+        await Mixer(frame_duration=0.01).run(trio.open_memory_channel[AudioFrame](1)[0], clock=clock)
+
+
+async def test_pump_behind_a_shared_clock_skips_and_counts(autojump_clock: trio.testing.MockClock) -> None:
+    from trioagent.audio import TickClock
+
+    clock = TickClock()
+    mixer = Mixer(sample_rate=8000)
+    send, receive = trio.open_memory_channel[AudioFrame](0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        await nursery.start(lambda **kw: mixer.run(send, clock=clock, **kw))
+        async with receive:
+            stamps = [(await receive.receive()).timestamp]
+            await trio.sleep(0.1)  # the consumer stalls for five ticks
+            stamps.append((await receive.receive()).timestamp)
+            stamps.append((await receive.receive()).timestamp)
+        nursery.cancel_scope.cancel()
+    # The frame for 0.02 waited until 0.1; then the pump jumped to the newest tick (0.10),
+    # skipping the ticks 0.04 .. 0.08: three underruns.
+    assert stamps == [approx(0.0), approx(0.02), approx(0.1)]
+    assert mixer.statistics().underruns == 3

@@ -413,7 +413,7 @@ class Mixer:
             raise ValueError(f"the clock ticks every {clock.period} s but this mixer's frame is {self.frame_duration} s")
         period = self.frame_duration
         t0 = trio.current_time()
-        k = -1
+        k = -1 if clock is None else clock.index  # on a shared clock, start at its next tick
         task_status.started()
         async with send_channel:
             while True:
@@ -474,6 +474,11 @@ class TickClock:
             self._index, self._time = k, deadline
             self._lot.unpark_all()
             k += 1
+
+    @property
+    def index(self) -> int:
+        """The number of the latest tick (-1 before the first)."""
+        return self._index
 
     async def wait_tick(self, after: int) -> tuple[int, float]:
         """Wait for a tick newer than index `after`; return its index and time. A checkpoint."""
