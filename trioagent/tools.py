@@ -110,12 +110,12 @@ def _schema_for(tp: Any) -> dict[str, Any]:
     if origin is Literal:
         values = list(get_args(tp))
         kinds = {type(v) for v in values}
-        schema: dict[str, Any] = {"enum": values}
+        literal: dict[str, Any] = {"enum": values}
         if kinds == {str}:
-            schema["type"] = "string"
+            literal["type"] = "string"
         elif kinds <= {int} and bool not in kinds:
-            schema["type"] = "integer"
-        return schema
+            literal["type"] = "integer"
+        return literal
     if origin in (Union, types.UnionType):
         members = get_args(tp)
         non_null = [m for m in members if m is not type(None)]

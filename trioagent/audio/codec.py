@@ -47,7 +47,8 @@ def _ulaw_compress(linear: npt.NDArray[np.int32]) -> npt.NDArray[np.uint8]:
     low = 0x0F - ((absno >> segno) & 0x0F)
     code = (high << 4) | low
     code = np.where(linear >= 0, code | 0x80, code)
-    return code.astype(np.uint8)
+    out: npt.NDArray[np.uint8] = code.astype(np.uint8)
+    return out
 
 
 def _ulaw_expand(code: npt.NDArray[np.int32]) -> npt.NDArray[np.int16]:
@@ -58,7 +59,8 @@ def _ulaw_expand(code: npt.NDArray[np.int32]) -> npt.NDArray[np.int16]:
     mantissa = mantissa & 0x0F
     step = 4 << segment
     value = sign * ((0x80 << exponent) + step * mantissa + step // 2 - 4 * 33)
-    return value.astype(np.int16)
+    out: npt.NDArray[np.int16] = value.astype(np.int16)
+    return out
 
 
 def _alaw_compress(linear: npt.NDArray[np.int32]) -> npt.NDArray[np.uint8]:

@@ -134,7 +134,7 @@ class AudioFrame:
     @property
     def duration(self) -> float:
         """Length in seconds."""
-        return self.samples.shape[0] / self.sample_rate
+        return float(self.samples.shape[0] / self.sample_rate)
 
     @property
     def end_time(self) -> float:
