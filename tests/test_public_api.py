@@ -42,3 +42,14 @@ def test_example_runs() -> None:
     ).stdout
     assert "heard: \"what's the weather in paris\"" in out
     assert "interrupted True" in out and "agent -> closing" in out
+
+
+def test_readme_quick_start_runs() -> None:
+    import re
+
+    import trio.testing
+
+    code = re.search(r"## Quick start\n\n```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert code is not None
+    source = code.group(1).replace("trio.run(main)", "trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))")
+    exec(compile(source, "README.md", "exec"), {"__name__": "readme"})
