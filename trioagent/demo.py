@@ -1,0 +1,175 @@
+"""`trioagent demo`: a real spoken conversation with no network and no model download.
+
+A caller's questions are synthesised with eSpeak NG into a WAV file, which plays into a full
+`AgentSession` over a `WavFileTransport`: PocketSphinx hears it, `RuleLLM` (or any
+OpenAI-compatible server) answers, eSpeak NG speaks. Each turn is printed with what the caller
+said, what the STT heard, what the agent answered, and the measured latencies.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import zlib
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import attrs
+import numpy as np
+import trio
+import trio.testing
+
+from .agent import Agent
+from .audio.codec import write_wav
+from .audio.frame import AudioFrame
+from .audio.resample import resample
+from .metrics import TurnMetrics
+from .pipeline.cascading import CascadingPipeline
+from .providers.base import LLM
+from .providers.espeak import EspeakTTS
+from .providers.pocketsphinx import DEMO_GRAMMAR, PocketsphinxSTT
+from .providers.rule_llm import RuleLLM
+from .session import AgentSession
+from .tools import function_tool
+from .transports.wavfile import WavFileTransport
+
+__all__ = ["QUESTIONS", "DemoAgent", "DemoTurn", "run_demo", "make_caller_audio"]
+
+QUESTIONS = [
+    "Hello there.",
+    "What time is it?",
+    "What is the weather in Paris?",
+    "What is the date today?",
+    "Thank you, goodbye.",
+]
+GREETING = "Hi! I am the trio agent demo. Ask me the time, the date, or the weather."
+CALLER_VOICE = {"voice": "en-us+m3", "rate": 150}
+LEAD = 5.5  # seconds before the first question (the agent greets first)
+GAP = 4.5  # seconds after each question, for the answer
+
+
+class DemoAgent(Agent):
+    """The demo's agent: greets, and has a (pretend) weather tool."""
+
+    def __init__(self) -> None:
+        super().__init__(instructions="You are a friendly voice assistant. Answer in one short sentence.")
+
+    async def on_enter(self) -> None:
+        await self.session.say(GREETING)
+
+    @function_tool
+    async def get_weather(self, city: str) -> dict[str, Any]:
+        """Look up the current weather for a city.
+
+        Args:
+            city: the city name.
+        """
+        h = zlib.crc32(city.lower().encode())
+        return {"city": city, "sky": ["sunny", "cloudy", "rainy", "windy"][h % 4], "celsius": 8 + h % 18}
+
+
+@attrs.define
+class DemoTurn:
+    said: str
+    said_at: tuple[float, float]
+    heard: str = ""
+    answered: str = ""
+    metrics: TurnMetrics | None = None
+
+
+async def make_caller_audio(path: str, questions: list[str] = QUESTIONS) -> list[DemoTurn]:
+    """Synthesise the caller's side (16 kHz WAV at `path`); return the turns with their times."""
+    tts = EspeakTTS(**CALLER_VOICE)  # type: ignore[arg-type]
+    rate = 16000
+    parts = [np.zeros(round(LEAD * rate), np.int16)]
+    turns: list[DemoTurn] = []
+    t = LEAD
+    for question in questions:
+        frames = [f async for f in tts.synthesize(question)]
+        speech = resample(AudioFrame(np.concatenate([f.samples for f in frames]), tts.sample_rate), rate).samples
+        turns.append(DemoTurn(question, (t, t + len(speech) / rate)))
+        parts += [speech, np.zeros(round(GAP * rate), np.int16)]
+        t += len(speech) / rate + GAP
+    write_wav(path, AudioFrame(np.concatenate(parts), rate))
+    return turns
+
+
+def _fmt(x: float | None) -> str:
+    return "  -  " if x is None else f"{x * 1000:4.0f}ms"
+
+
+async def run_demo(
+    output_path: str,
+    *,
+    llm: LLM | None = None,
+    out: TextIO = sys.stdout,
+    progress: Callable[[float, float], None] | None = None,
+) -> list[DemoTurn]:
+    """Run the whole demo conversation; returns the turns (also printed to `out`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        caller_path = os.path.join(tmp, "caller.wav")
+        turns = await make_caller_audio(caller_path)
+        transport = WavFileTransport(caller_path, output_path, output_sample_rate=EspeakTTS.sample_rate, tail=1.0)
+        pipeline = CascadingPipeline(stt=PocketsphinxSTT(grammar=DEMO_GRAMMAR), llm=llm or RuleLLM(), tts=EspeakTTS())
+        session = AgentSession(DemoAgent(), pipeline, transport=transport)
+        t0 = trio.current_time()
+
+        def turn_for(start: float | None) -> DemoTurn | None:
+            if start is None:
+                return None
+            rel = start - t0
+            return min(turns, key=lambda turn: abs(turn.said_at[0] - rel))
+
+        def on_metrics(m: TurnMetrics) -> None:
+            turn = turn_for(m.user_speech_start)
+            if turn is None or m.user_speech_start is None:
+                print(f"agent : {m.agent_text}", file=out)
+                return
+            turn.heard, turn.answered, turn.metrics = m.user_text, m.agent_text, m
+            print(f"\ncaller said : {turn.said}", file=out)
+            print(f"STT heard   : {m.user_text}", file=out)
+            print(f"agent said  : {m.agent_text}{'  [interrupted]' if m.interrupted else ''}", file=out)
+            print(
+                f"latency     : end-of-turn {_fmt(m.end_of_utterance_delay)}, STT final {_fmt(m.stt_final_latency)}, "
+                f"LLM first token {_fmt(m.llm_ttft)}, TTS first audio {_fmt(m.tts_ttfb)}, "
+                f"end-to-end {_fmt(m.e2e_latency)}, tools {m.tool_calls}",
+                file=out,
+            )
+
+        session.on("metrics_collected", on_metrics)
+        session.on("on_speech_out", lambda d: print(f"agent : {d['text']}", file=out) if d["text"] == GREETING else None)
+        async with trio.open_nursery() as nursery:
+            if progress is not None:
+
+                async def report() -> None:
+                    while True:
+                        progress(trio.current_time() - t0, transport.duration)
+                        await trio.sleep(0.5)
+
+                nursery.start_soon(report)
+            await session.run()
+            nursery.cancel_scope.cancel()
+        return turns
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``trioagent demo`` (see `trioagent.cli`)."""
+    from .cli import main as cli_main
+
+    return cli_main(["demo", *(argv or [])])
+
+
+def run(fast: bool, output_path: str, llm: LLM | None, out: TextIO = sys.stdout) -> list[DemoTurn]:
+    """Run the demo in real time, or in virtual time with `fast`."""
+    tty = sys.stderr.isatty()
+
+    def progress(t: float, total: float) -> None:
+        if tty:
+            print(f"\r  {t:5.1f} s / {total:.1f} s", end="", file=sys.stderr, flush=True)
+
+    clock = trio.testing.MockClock(autojump_threshold=0) if fast else None
+    turns = trio.run(lambda: run_demo(output_path, llm=llm, out=out, progress=progress), clock=clock)
+    if tty:
+        print("\r" + " " * 30 + "\r", end="", file=sys.stderr)
+    return turns
