@@ -1,0 +1,1 @@
+"""Sans-IO wire protocols: bytes in, events out. Nothing here imports trio."""
