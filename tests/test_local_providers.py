@@ -1,0 +1,151 @@
+"""The offline providers on speech made by the offline TTS, and the demo end to end."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from trioagent import AudioFrame, ChatContext, ChatRole, FunctionTool
+from trioagent.audio import read_wav, resample, write_wav
+from trioagent.providers import EnergyVAD, TextDelta, ToolCall
+from trioagent.providers.espeak import EspeakTTS
+from trioagent.providers.pocketsphinx import DEMO_GRAMMAR, PocketsphinxSTT
+from trioagent.providers.rule_llm import RuleLLM
+from trioagent.transports import WavFileTransport
+
+PHRASES = ["hello there", "what time is it", "what is the weather in paris", "what is the date today", "thank you goodbye",
+           "how are you doing", "is it going to rain in london", "what day is it", "good morning", "tell me the weather in tokyo"]
+
+
+async def spoken(text: str, sample_rate: int = 16000, **voice: object) -> np.ndarray:
+    tts = EspeakTTS(**voice)  # type: ignore[arg-type]
+    frames = [f async for f in tts.synthesize(text)]
+    return resample(AudioFrame(np.concatenate([f.samples for f in frames]), tts.sample_rate), sample_rate).samples
+
+
+def word_errors(ref: str, hyp: str) -> int:
+    r, h = ref.split(), hyp.split()
+    d = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        prev, d[0] = d[0], i
+        for j in range(1, len(h) + 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+    return d[-1]
+
+
+async def test_espeak_synthesises_speech(autojump_clock: trio.testing.MockClock) -> None:
+    tts = EspeakTTS()
+    frames = [f async for f in tts.synthesize("Hello there, how are you?")]
+    audio = np.concatenate([f.samples for f in frames])
+    assert all(f.sample_rate == 22050 for f in frames) and 1.0 < len(audio) / 22050 < 3.0
+    assert np.abs(audio.astype(np.int32)).max() > 5000
+
+
+async def test_vad_times_on_generated_speech_with_pauses(autojump_clock: trio.testing.MockClock) -> None:
+    rate = 16000
+    parts = [np.zeros(rate // 2, np.int16)]
+    truth = []
+    t = 0.5
+    for phrase in ["hello there", "what time is it", "the weather in paris is nice"]:
+        x = await spoken(phrase)
+        loud = np.flatnonzero(np.abs(x.astype(np.int32)) > 0.01 * 32768)
+        x = x[loud[0] : loud[-1] + 1]
+        truth += [("start", t), ("end", t + len(x) / rate)]
+        parts += [x, np.zeros(rate, np.int16)]
+        t += len(x) / rate + 1.0
+    audio = np.concatenate(parts)
+    vad = EnergyVAD()
+    events = [e for i in range(0, len(audio) - 320, 320) for e in vad.process(AudioFrame(audio[i : i + 320], rate, 1, i / rate))]
+    assert [e.kind for e in events] == [k for k, _ in truth]
+    for event, (_, expected) in zip(events, truth):
+        assert abs(event.time - expected) <= 0.02  # within one 20 ms frame
+
+
+async def run_stt(stt: PocketsphinxSTT, audio: np.ndarray) -> list[tuple[str, bool]]:
+    frames = [AudioFrame(audio[i : i + 320], 16000, 1, i / 16000) for i in range(0, len(audio) - 319, 320)]
+    send, receive = trio.open_memory_channel[AudioFrame](len(frames) + 1)
+    events_send, events_receive = trio.open_memory_channel(1000)
+    for frame in frames:
+        send.send_nowait(frame)
+    send.close()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stt.run, receive, events_send)
+        out = [(e.text, e.is_final) async for e in events_receive]
+    return out
+
+
+async def test_pocketsphinx_recognises_tts_phrases(autojump_clock: trio.testing.MockClock) -> None:
+    silence = np.zeros(8000, np.int16)
+    audio = np.concatenate([part for p in PHRASES for part in (silence, await spoken(p, voice="en-us+m3", rate=150))] + [silence, silence])
+    events = await run_stt(PocketsphinxSTT(grammar=DEMO_GRAMMAR), audio)
+    finals = [text for text, final in events if final]
+    assert len(finals) == len(PHRASES)
+    errors = sum(word_errors(r, h) for r, h in zip(PHRASES, finals))
+    wer = errors / sum(len(p.split()) for p in PHRASES)
+    assert wer <= 0.25, (wer, finals)  # 14% measured (NOTES.md); the general model is far worse
+    assert any(not final for _, final in events)  # interim transcripts while speaking
+
+
+def test_rule_llm_intents() -> None:
+    llm = RuleLLM(now=lambda: dt.datetime(2026, 11, 25, 14, 5))
+    weather = FunctionTool.from_function(lambda city: city, name="get_weather", description="w")
+
+    def answer(text: str, tools: list[FunctionTool] | None = None) -> object:
+        ctx = ChatContext()
+        ctx.add_message(role=ChatRole.USER, content=text)
+        return llm.answer(ctx, tools or [])
+
+    assert answer("what time is it") == "It is 2:05 PM."
+    assert answer("what is the date today") == "Today is Wednesday, November 25."
+    assert answer("what is the whether in pariss", [weather]) == ToolCall("get_weather", {"city": "paris"})
+    assert answer("what's the weather") == "Which city would you like the weather for?"
+    assert answer("how are you doing") == "I am doing well, thank you for asking."
+    assert answer("thank you goodbye") == "You are welcome. Goodbye, have a nice day!"
+    assert "only tell" in str(answer("sing me a song"))
+    ctx = ChatContext()
+    ctx.add_function_output(name="get_weather", call_id="c", output='{"city": "paris", "sky": "sunny", "celsius": 20}')
+    assert llm.answer(ctx, []) == "In Paris it is sunny and 20 degrees."
+
+
+async def test_rule_llm_streams_words() -> None:
+    ctx = ChatContext()
+    ctx.add_message(role=ChatRole.USER, content="hello")
+    chunks = [c async for c in RuleLLM().chat(ctx, [])]
+    assert all(isinstance(c, TextDelta) for c in chunks) and len(chunks) > 3
+    assert "".join(c.text for c in chunks if isinstance(c, TextDelta)).startswith("Hello!")
+
+
+async def test_wav_file_transport_plays_in_real_time_and_records(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    write_wav(tmp_path / "in.wav", AudioFrame(np.full(8000, 1000, np.int16), 8000))  # 1 s
+    transport = WavFileTransport(tmp_path / "in.wav", tmp_path / "out.wav", output_sample_rate=8000, tail=0.5)
+    times = []
+    async for frame in transport.audio_in:
+        times.append((trio.current_time(), frame.timestamp))
+        await transport.send_audio(AudioFrame(np.full(160, 2000, np.int16), 8000, 1, frame.timestamp))
+    assert len(times) == 75 and times[0] == (0.02, 0.0) and times[-1][0] == pytest.approx(1.5)
+    await transport.aclose()
+    out = read_wav(tmp_path / "out.wav")
+    assert out.channels == 2 and out.samples[:8000, 0].min() == 1000 and out.samples[:100, 1].min() == 2000
+
+
+async def test_demo_end_to_end_in_virtual_time(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    import io
+
+    from trioagent.demo import QUESTIONS, run_demo
+
+    out = io.StringIO()
+    turns = await run_demo(str(tmp_path / "demo.wav"), out=out)
+    assert [t.said for t in turns] == QUESTIONS
+    assert sum(t.heard != "" for t in turns) == len(QUESTIONS)
+    answers = {t.said: t.answered for t in turns}
+    assert answers["What is the weather in Paris?"].startswith("In Paris it is")
+    assert answers["What time is it?"].startswith("It is ")
+    assert all(t.metrics is not None and t.metrics.e2e_latency is not None and t.metrics.e2e_latency < 1.0 for t in turns)
+    text = out.getvalue()
+    assert "STT heard   : what is the weather in paris" in text and "end-to-end" in text
+    recording = read_wav(tmp_path / "demo.wav")
+    assert recording.channels == 2 and np.abs(recording.samples[:, 1].astype(np.int32)).max() > 5000
