@@ -17,7 +17,7 @@ def test_public_names() -> None:
             "CascadingPipeline", "ChatContext", "ChatMessage", "ChatRole", "ConversationFlow", "EnergyVAD",
             "FunctionCall", "FunctionCallOutput", "FunctionTool", "Pipeline", "ProtocolError", "ProviderError",
             "ProviderTimeout", "SessionClosed", "SilenceTurnDetector", "ToolError", "TransportClosed",
-            "TrioAgentError", "TurnMetrics", "UserState", "UtteranceHandle", "function_tool",
+            "TrioAgentError", "TurnMetrics", "UserState", "UtteranceHandle", "function_tool", "serve",
         ]
     )
     for name in trioagent.__all__:

@@ -21,6 +21,7 @@ from .pipeline import CascadingPipeline as CascadingPipeline
 from .pipeline import Pipeline as Pipeline
 from .providers import EnergyVAD as EnergyVAD
 from .providers import SilenceTurnDetector as SilenceTurnDetector
+from .server import serve as serve
 from .session import AgentSession as AgentSession
 from .states import AgentState as AgentState
 from .states import UserState as UserState
@@ -60,4 +61,5 @@ __all__ = [
     "UserState",
     "UtteranceHandle",
     "function_tool",
+    "serve",
 ]

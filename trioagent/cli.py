@@ -1,9 +1,15 @@
-"""The `trioagent` command line: ``trioagent demo``."""
+"""The `trioagent` command line: ``trioagent demo``, ``trioagent serve``, ``trioagent token``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import signal
 import sys
+from typing import Any
+
+import trio
 
 __all__ = ["main"]
 
@@ -17,7 +23,33 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--llm", choices=["rule", "openai"], default="rule", help="the offline RuleLLM, or an OpenAI-compatible server")
     demo.add_argument("--base-url", default=None, help="OpenAI-compatible server (default $OPENAI_BASE_URL)")
     demo.add_argument("--model", default=None, help="model name (default $OPENAI_MODEL)")
+    srv = commands.add_parser("serve", help="serve an agent to browsers (/ws, page at /) and Twilio (/twilio)")
+    srv.add_argument("factory", help="module:callable returning (agent, pipeline) for each session")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8765)
+    srv.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default $TRIOAGENT_SECRET)")
+    srv.add_argument("--insecure", action="store_true", help="accept sessions without a token (development only)")
+    srv.add_argument("--origin", action="append", help="allowed browser Origin (repeat; default any)")
+    srv.add_argument("--max-sessions", type=int, default=200)
+    srv.add_argument("--grace", type=float, default=10.0, help="seconds running sessions get on SIGTERM")
+    tok = commands.add_parser("token", help="mint a session token")
+    tok.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default $TRIOAGENT_SECRET)")
+    tok.add_argument("--ttl", type=float, default=3600.0, help="seconds the token is valid")
+    tok.add_argument("--subject", default="")
     args = parser.parse_args(argv)
+
+    if args.command == "token":
+        from .auth import mint_token
+
+        if not args.secret:
+            parser.error("a secret is needed: --secret or $TRIOAGENT_SECRET")
+        print(mint_token(args.secret, ttl=args.ttl, subject=args.subject))
+        return 0
+    if args.command == "serve":
+        if not args.secret and not args.insecure:
+            parser.error("a secret is needed (--secret or $TRIOAGENT_SECRET), or --insecure for development")
+        trio.run(_serve, args)
+        return 0
 
     if args.command == "demo":
         from .demo import run
@@ -34,6 +66,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{heard}/{len(turns)} questions answered; conversation written to {args.out} (caller left, agent right)")
         return 0 if heard else 1
     return 2
+
+
+def load_factory(spec: str) -> Any:
+    """``"package.module:callable"`` -> the callable."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise SystemExit(f"trioagent serve: expected module:callable, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    return getattr(importlib.import_module(module_name), attr)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from .server import Server, serve
+
+    factory = load_factory(args.factory)
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(
+            lambda task_status: serve(
+                factory,
+                args.host,
+                args.port,
+                secret=args.secret,
+                allowed_origins=set(args.origin) if args.origin else None,
+                max_sessions=args.max_sessions,
+                grace=args.grace,
+                task_status=task_status,
+            )
+        )
+        print(f"trioagent: serving on http://{args.host}:{server.port}/ (browser page), /ws, /twilio", flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                print(f"trioagent: {signal.Signals(signum).name}: draining for up to {args.grace:.0f} s", flush=True)
+                server.shutdown()
+                break
 
 
 if __name__ == "__main__":

@@ -1,0 +1,309 @@
+"""The WebSocket server in virtual time, over in-memory streams: the same server code and the
+real trio-websocket client, with exact times. (Real sockets: tests/test_server_loopback.py.)"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+from trioagent.audio import ulaw_decode
+from trioagent.auth import mint_token
+from trioagent.testing import silence, speech
+from trioagent.transports.websocket import TwilioTransport
+
+from .kit import all_tasks
+from .netkit import (
+    SECRET, TWILIO_CONNECTED, TWILIO_STOP, Client, MemoryListener, hello, open_ws, start_memory_server, twilio_media, twilio_start,
+)
+
+
+async def browser_conversation(listener: MemoryListener, token: str | None = None) -> Client:
+    async with trio.open_nursery() as nursery:
+        ws = await open_ws(nursery, listener, "/ws")
+        client = Client(ws)
+        await ws.send_message(hello(token))
+        nursery.start_soon(client.read)
+        await client.send_audio(speech(1.0) + silence(3.5))
+        await ws.send_message(json.dumps({"type": "end"}))
+        await trio.sleep(1)
+        await ws.aclose()
+    return client
+
+
+async def test_browser_conversation(autojump_clock: trio.testing.MockClock) -> None:
+    before = len(all_tasks())
+    async with trio.open_nursery() as nursery:
+        server, listener = await start_memory_server(nursery)
+        t0 = trio.current_time()
+        client = await browser_conversation(listener)
+        assert client.json[0] == {"type": "ready", "sample_rate": 16000, "output_sample_rate": 24000}
+        assert [m["text"] for m in client.of("transcript")] == ["hello agent"]
+        assert [m["text"] for m in client.of("agent_text")] == ["Hi there. How can I help?"]
+        states = [m["state"] for m in client.of("agent_state")]
+        order = iter(states)
+        assert all(state in order for state in ["starting", "listening", "thinking", "speaking"]), states
+        # speech ends at 1.0; the end-of-turn delay is 0.5 s: the agent thinks at exactly 1.5
+        (thinking,) = [t for m, t in zip(client.json, client.times) if m.get("state") == "thinking"]
+        assert thinking - t0 == pytest.approx(1.5, abs=1e-6)
+        assert client.of("metrics")[0]["e2e_latency"] == pytest.approx(0.5, abs=0.021)  # to the first audio frame tick
+        voiced = [a for a in client.audio if np.abs(a.astype(np.int32)).max(initial=0) > 3000]
+        assert len(voiced) >= 70  # 6 words * 0.25 s = 1.5 s of voice in 20 ms frames at 24 kHz
+        assert all(len(a) == 480 for a in client.audio)  # 20 ms at the rate the hello asked for
+        assert client.closed is not None and (client.closed.code, client.closed.reason) == (1000, "session ended")
+        assert server.sessions_started == 1 and server.active == 0
+        server.shutdown()
+    assert len(all_tasks()) == before  # nothing left once the server has stopped
+
+
+async def test_browser_interrupt_message(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery)
+    ws = await open_ws(nursery, listener, "/ws")
+    client = Client(ws)
+    await ws.send_message(hello())
+    nursery.start_soon(client.read)
+    await client.send_audio(speech(1.0) + silence(1.0))  # the answer starts at 1.5 s
+    await ws.send_message(json.dumps({"type": "interrupt"}))
+    sent = trio.current_time()
+    await client.send_audio(silence(1.0))
+    assert client.time_of("clear") and client.time_of("clear")[0] - sent < 0.021
+    n = len(client.audio)
+    await client.send_audio(silence(1.0))
+    assert all(np.abs(a.astype(np.int32)).max(initial=0) < 3000 for a in client.audio[n:])  # nothing stale plays on
+    await ws.aclose()
+
+
+async def test_twilio_conversation_with_barge_in(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery)
+    ws = await open_ws(nursery, listener, "/twilio")
+    client = Client(ws)
+    await ws.send_message(TWILIO_CONNECTED)
+    await ws.send_message(twilio_start())
+    nursery.start_soon(client.read)
+    await client.send_audio(speech(1.0, 8000) + silence(3.0, 8000), twilio_media)  # turn 1: short answer
+    assert not client.of("clear")
+    await client.send_audio(speech(1.0, 8000) + silence(1.5, 8000), twilio_media)  # turn 2: 6 s answer from 5.5
+    answer_media = len(client.of("media"))
+    barge = trio.current_time()
+    await client.send_audio(speech(1.0, 8000) + silence(2.0, 8000), twilio_media)  # barge in at 6.5
+    (clear,) = client.time_of("clear")
+    # min_interruption_duration (0.5 s) of speech, then clear; plus the 0.1 s that soxr's
+    # 8 -> 16 kHz stream holds back before its first output (NOTES.md, "Resampler latency")
+    assert clear - barge == pytest.approx(0.5 + 0.1, abs=1e-6)
+    await ws.send_message(TWILIO_STOP)
+    with trio.fail_after(5):
+        while client.closed is None:
+            await trio.sleep(0.1)
+    assert (client.closed.code, client.closed.reason) == (1000, "session ended")
+    media = client.of("media")
+    assert all(m["streamSid"] == "MZ1" for m in media)
+    frames = [ulaw_decode(base64.b64decode(m["media"]["payload"])) for m in media]
+    assert {len(f) for f in frames} == {160}  # 20 ms at 8 kHz
+    assert np.abs(np.concatenate(frames).astype(np.int32)).max() > 3000  # the agent's voice
+    assert answer_media > 0 and client.of("mark") and all(m["mark"]["name"].startswith("t=") for m in client.of("mark"))
+    assert server.sessions_started == 1
+
+
+async def test_twilio_marks_track_playout(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery)
+    ws = await open_ws(nursery, listener, "/twilio")
+    await ws.send_message(TWILIO_CONNECTED)
+    await ws.send_message(twilio_start())
+    marks: list[tuple[float, str]] = []
+
+    async def echo_marks() -> None:  # Twilio echoes a mark once the audio before it has played
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            while True:
+                message = json.loads(await ws.get_message())
+                if message["event"] == "mark":
+                    marks.append((trio.current_time(), message["mark"]["name"]))
+                    await ws.send_message(json.dumps({"event": "mark", "streamSid": "MZ1", "mark": message["mark"]}))
+
+    nursery.start_soon(echo_marks)
+    await Client(ws).send_audio(speech(1.0, 8000) + silence(3.0, 8000), twilio_media)
+    transport = server.transports[0]
+    assert isinstance(transport, TwilioTransport)
+    assert marks and transport.played_until == pytest.approx(float(marks[-1][1][2:]))
+    # the mark after every 10th frame names the end of that frame on the session clock (this
+    # fake Twilio plays everything at once, so the echo comes as the frame is sent)
+    assert all(abs(t - float(name[2:])) <= 0.021 for t, name in marks)
+    await ws.aclose()
+
+
+async def close_reason(listener: MemoryListener, path: str, messages: list[str | bytes], headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, str]:
+    """Connect, send `messages`, read until the server closes; the close code and reason
+    (or the HTTP status and body of a refused handshake)."""
+    got: tuple[int, str] | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await open_ws(nursery, listener, path, headers)
+            for m in messages:
+                await ws.send_message(m)
+            with trio.fail_after(30):
+                while True:
+                    await ws.get_message()
+    except* trio_websocket.ConnectionClosed as group:
+        (exc,) = group.exceptions
+        assert isinstance(exc, trio_websocket.ConnectionClosed)
+        got = exc.reason.code, exc.reason.reason or ""
+    except* trio_websocket.ConnectionRejected as group:
+        (exc,) = group.exceptions
+        assert isinstance(exc, trio_websocket.ConnectionRejected)
+        got = exc.status_code, (exc.body or b"").decode()
+    assert got is not None
+    return got
+
+
+BAD_INPUT: list[tuple[str, list[Any], int, str]] = [
+    ("/ws", ["{not json"], 1007, "not JSON"),
+    ("/ws", [json.dumps([1, 2])], 1007, "a JSON object with a string 'type'"),
+    ("/ws", [json.dumps({"type": "interrupt"})], 1007, "first message must be a hello"),
+    ("/ws", [b"\x00\x00"], 1003, "expected a JSON text message, got binary"),
+    ("/ws", [hello(sample_rate=12345)], 1007, "sample_rate must be one of"),
+    ("/ws", [hello(), json.dumps({"type": "dance"})], 1007, "unknown message type 'dance'"),
+    ("/ws", [hello(), b"\x00\x01\x02"], 1007, "not whole 16-bit samples"),
+    ("/ws", [hello(), b"\x00" * 40000], 1007, "longer than 0.5 s"),
+    ("/ws", [hello(), b"\x00" * 70000], 1009, ""),
+    ("/ws", [hello(token="forged.token")], 1008, "unauthorized: bad token"),
+    ("/ws", [hello(token=mint_token(SECRET, ttl=-5))], 1008, "unauthorized: token expired"),
+    ("/ws", [hello(token=mint_token("another-secret"))], 1008, "unauthorized: bad token signature"),
+    ("/ws", [hello(token="")], 1008, "unauthorized: a token is required"),
+    ("/twilio", [json.dumps({"event": "media", "media": {"payload": ""}})], 1007, "media before start"),
+    ("/twilio", [json.dumps({"event": "dance"})], 1007, "unknown event 'dance'"),
+    ("/twilio", [TWILIO_CONNECTED, twilio_start(token="nope")], 1008, "unauthorized"),
+    ("/twilio", [twilio_start(), json.dumps({"event": "media", "streamSid": "MZ1", "media": {"payload": "%%%"}})], 1007, "not valid base64"),
+    ("/twilio", [twilio_start(), json.dumps({"event": "media", "streamSid": "MZ1", "media": {"payload": "A" * 20000}})], 1007, "payload larger than"),
+    ("/twilio", [b"\x00\x01"], 1003, "binary"),
+]
+
+
+async def test_bad_input_closes_only_that_connection(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery)
+    healthy: list[Client] = []
+
+    async def good() -> None:
+        healthy.append(await browser_conversation(listener))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(good)
+        await trio.sleep(0.3)  # the good session is under way
+        for path, messages, code, reason in BAD_INPUT:
+            got = await close_reason(listener, path, messages)
+            assert got[0] == code and reason in got[1], (path, messages[:2], got)
+    (client,) = healthy  # the session next door carried on
+    assert [m["text"] for m in client.of("transcript")] == ["hello agent"]
+    assert client.closed is not None and client.closed.code == 1000
+    assert server.active == 0 and server.sessions_started == 7  # the good one and six that failed after their start
+    assert server.refused == {"protocol": 13, "token": 5, "too_big": 1}
+
+
+async def test_hello_timeout(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery, hello_timeout=3.0)
+    t = trio.current_time()
+    assert await close_reason(listener, "/ws", []) == (1007, "no hello within 3 s")
+    assert trio.current_time() - t == pytest.approx(3.0, abs=1e-6)
+
+
+async def test_origin_and_capacity(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    good = [(b"Origin", b"https://good.example")]
+    server, listener = await start_memory_server(nursery, allowed_origins={"https://good.example"}, max_sessions=1)
+    assert await close_reason(listener, "/ws", [hello()], [(b"Origin", b"https://evil.example")]) == (403, "origin not allowed")
+    assert await close_reason(listener, "/ws", [hello()]) == (403, "origin not allowed")  # no Origin at all
+    ws = await open_ws(nursery, listener, "/ws", good)
+    await ws.send_message(hello())
+    assert json.loads(await ws.get_message())["type"] == "ready"
+    assert await close_reason(listener, "/ws", [hello()], good) == (1013, "server full: too many sessions")
+    assert await close_reason(listener, "/twilio", [twilio_start()]) == (1013, "server full: too many sessions")
+    await ws.aclose()
+    with trio.fail_after(1):
+        while server.active:
+            await trio.sleep(0.01)
+    ws = await open_ws(nursery, listener, "/ws", good)  # room again
+    await ws.send_message(hello())
+    assert json.loads(await ws.get_message())["type"] == "ready"
+    assert server.refused == {"origin": 2, "capacity": 2}
+    await ws.aclose()
+
+
+async def test_dropped_connection_mid_reply(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery)
+    stream = await listener.connect()
+    ws = await trio_websocket.wrap_client_stream(nursery, stream, "localhost", "/ws")
+    await ws.send_message(hello())
+    await ws.get_message()
+    await Client(ws).send_audio(speech(1.0) + silence(0.8))  # the answer starts at 1.5
+    await stream.aclose()  # the network goes away mid-reply: no close handshake
+    t = trio.current_time()
+    with trio.fail_after(10):
+        while server.active:
+            await trio.sleep(0.01)
+    assert trio.current_time() - t < 0.05  # the session ended at once, not after some timeout
+    # and the server still takes new sessions
+    assert [m["text"] for m in (await browser_conversation(listener)).of("transcript")] == ["hello agent"]
+
+
+async def test_shutdown_drains_then_closes(autojump_clock: trio.testing.MockClock) -> None:
+    before = len(all_tasks())
+    async with trio.open_nursery() as nursery:
+        server, listener = await start_memory_server(nursery, grace=2.0)
+        async with trio.open_nursery() as client_side:
+            ws = await open_ws(client_side, listener, "/ws")
+            await ws.send_message(hello())
+            await ws.get_message()
+            t = trio.current_time()
+            server.shutdown()
+            await trio.sleep(0.1)
+            with pytest.raises(trio.BrokenResourceError):
+                await listener.connect()  # no longer accepting
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                while True:
+                    await ws.get_message()
+            assert trio.current_time() - t == pytest.approx(2.0, abs=1e-6)  # the grace period, then closed
+            assert closed.value.reason.code == 1001
+    assert len(all_tasks()) == before
+
+
+async def test_shutdown_lets_a_session_finish_within_grace(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        server, listener = await start_memory_server(nursery, grace=30.0)
+        client_done: list[Client] = []
+
+        async def talk() -> None:
+            client_done.append(await browser_conversation(listener))
+
+        nursery.start_soon(talk)
+        await trio.sleep(0.5)
+        t = trio.current_time()
+        server.shutdown()
+    (client,) = client_done
+    assert [m["text"] for m in client.of("agent_text")] == ["Hi there. How can I help?"]  # it finished its conversation
+    assert client.closed is not None and client.closed.code == 1000
+    assert trio.current_time() - t < 6  # the server stopped as soon as the session ended
+
+
+async def test_bunched_frames_keep_their_audio_time(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    """The network delivers frames in bursts of five every 100 ms: the audio stays one continuous
+    stream (each frame starts where the one before ended), so the turn ends as if the frames had
+    come one by one, shifted only by how late the first burst was (80 ms)."""
+    server, listener = await start_memory_server(nursery)
+    ws = await open_ws(nursery, listener, "/ws")
+    client = Client(ws)
+    await ws.send_message(hello())
+    nursery.start_soon(client.read)
+    t0 = trio.current_time()
+    frames = speech(1.0) + silence(2.0)
+    for i in range(0, len(frames), 5):
+        await trio.sleep(0.1)
+        for frame in frames[i : i + 5]:
+            await ws.send_message(frame.to_pcm16())
+    (thinking,) = [t for m, t in zip(client.json, client.times) if m.get("state") == "thinking"]
+    assert thinking - t0 == pytest.approx(1.0 + 0.08 + 0.5, abs=1e-6)
+    assert [m["text"] for m in client.of("transcript")] == ["hello agent"]
+    await ws.aclose()

@@ -1,0 +1,153 @@
+"""The server on real loopback sockets, with two independent clients: trio-websocket, and the
+`websockets` library (its sync client, in a thread).
+
+Sockets cannot take part in MockClock's autojump (the clock would jump while bytes are in
+flight), so these run on a MockClock that runs at 20x real time: times are not asserted here
+(tests/test_server.py has the exact ones), only what was said and how connections ended.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+import websockets.exceptions
+import websockets.sync.client
+
+from trioagent.audio import ulaw_decode
+from trioagent.server import Server, serve
+from trioagent.testing import silence, speech
+
+from .kit import all_tasks
+from .netkit import SECRET, TWILIO_CONNECTED, TWILIO_STOP, Client, factory, hello, twilio_media, twilio_start
+
+RATE = 20.0
+
+
+async def start_server(nursery: trio.Nursery, **options: Any) -> Server:
+    options.setdefault("secret", SECRET)
+    server: Server = await nursery.start(functools.partial(serve, factory, "127.0.0.1", 0, **options))
+    return server
+
+
+async def raw_http(port: int, request: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    return data
+
+
+async def test_page_and_404(nursery: trio.Nursery) -> None:
+    server = await start_server(nursery)
+    page = await raw_http(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert page.startswith(b"HTTP/1.1 200") and b"text/html" in page and b"getUserMedia" in page
+    assert (await raw_http(server.port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 404")
+    assert (await raw_http(server.port, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 404")  # no upgrade
+    assert await raw_http(server.port, b"\x16\x03\x01 garbage\r\n\r\n") == b""  # not HTTP: closed
+    server.shutdown()
+
+
+async def test_browser_conversation_trio_websocket(mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.rate = RATE
+    before = len(all_tasks())
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery)
+        # Our own TCP stream under wrap_client_stream: trio-websocket's client never closes its
+        # socket when the server closes first (trio-websocket 0.12, _handle_close_connection_event).
+        async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream, trio.open_nursery() as inner:
+            ws = await trio_websocket.wrap_client_stream(inner, stream, "127.0.0.1", "/ws")
+            client = Client(ws)
+            await ws.send_message(hello())
+            inner.start_soon(client.read)
+            await client.send_audio(speech(1.0) + silence(3.5))
+            await ws.send_message(json.dumps({"type": "end"}))
+        assert client.json[0]["type"] == "ready"
+        assert [m["text"] for m in client.of("transcript")] == ["hello agent"]
+        assert [m["text"] for m in client.of("agent_text")] == ["Hi there. How can I help?"]
+        assert sum(np.abs(a.astype(np.int32)).max(initial=0) > 3000 for a in client.audio) >= 60
+        assert client.closed is not None and client.closed.code == 1000
+        server.shutdown()
+    assert len(all_tasks()) == before
+
+
+def twilio_call_with_websockets(port: int) -> dict[str, Any]:
+    """A whole Twilio call from the `websockets` sync client; runs in a thread. Audio goes out
+    as fast as the socket takes it (it carries its own timing); the thread then waits for the
+    answer and hangs up."""
+    got: dict[str, Any] = {"events": [], "samples": []}
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/twilio", open_timeout=10) as ws:
+        ws.send(TWILIO_CONNECTED)
+        ws.send(twilio_start())
+        for frame in speech(1.0, 8000) + silence(1.0, 8000):
+            ws.send(twilio_media(frame))
+        voiced = 0
+        while voiced < 40:  # 0.8 s of the agent's voice
+            message = json.loads(ws.recv(timeout=30))
+            got["events"].append(message["event"])
+            if message["event"] == "media":
+                samples = ulaw_decode(base64.b64decode(message["media"]["payload"]))
+                voiced += int(np.abs(samples.astype(np.int32)).max() > 3000)
+        ws.send(TWILIO_STOP)
+        try:
+            while True:
+                ws.recv(timeout=30)
+        except websockets.exceptions.ConnectionClosed as exc:
+            assert exc.rcvd is not None
+            got["close"] = (exc.rcvd.code, exc.rcvd.reason)
+    return got
+
+
+async def test_twilio_call_websockets_library(mock_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    mock_clock.rate = RATE
+    server = await start_server(nursery)
+    got = await trio.to_thread.run_sync(twilio_call_with_websockets, server.port)
+    assert "media" in got["events"] and got["close"] == (1000, "session ended")
+    assert server.sessions_started == 1
+    server.shutdown()
+
+
+def websockets_close(port: int, path: str, messages: list[str | bytes], headers: dict[str, str] | None = None) -> tuple[int, str]:
+    try:
+        with websockets.sync.client.connect(f"ws://127.0.0.1:{port}{path}", additional_headers=headers, open_timeout=10) as ws:
+            for m in messages:
+                ws.send(m)
+            while True:
+                ws.recv(timeout=30)
+    except websockets.exceptions.ConnectionClosed as exc:
+        assert exc.rcvd is not None
+        return exc.rcvd.code, exc.rcvd.reason
+    except websockets.exceptions.InvalidStatus as exc:
+        return exc.response.status_code, exc.response.body.decode() if exc.response.body else ""
+
+
+@pytest.mark.parametrize(
+    "path, messages, expected",
+    [
+        ("/ws", ["{not json"], (1007, "not JSON: Expecting property name enclosed in double quotes")),
+        ("/ws", [hello(token="forged.token")], (1008, "unauthorized: bad token")),
+        ("/ws", [hello(), b"\x00" * 70000], (1009, "")),
+        ("/twilio", [TWILIO_CONNECTED, json.dumps({"event": "dance"})], (1007, "unknown event 'dance'")),
+    ],
+)
+async def test_bad_input_websockets_library(nursery: trio.Nursery, path: str, messages: list[Any], expected: tuple[int, str]) -> None:
+    server = await start_server(nursery)
+    got = await trio.to_thread.run_sync(websockets_close, server.port, path, messages)
+    assert got[0] == expected[0] and got[1].startswith(expected[1])
+    server.shutdown()
+
+
+async def test_origin_refused_websockets_library(nursery: trio.Nursery) -> None:
+    server = await start_server(nursery, allowed_origins={"https://good.example"})
+    got = await trio.to_thread.run_sync(websockets_close, server.port, "/ws", [hello()], {"Origin": "https://evil.example"})
+    assert got == (403, "origin not allowed")
+    server.shutdown()

@@ -1,0 +1,72 @@
+"""The browser protocol (docs/protocol.md), sans-IO.
+
+Binary messages carry PCM16 little-endian mono audio at the rates agreed in the hello. Text
+messages are JSON objects with a ``type``. Client -> server: ``hello`` (first), ``interrupt``,
+``end``. Server -> client: ``ready``, ``transcript``, ``agent_state``, ``user_state``,
+``agent_text``, ``metrics``, ``clear``, ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from ..errors import ProtocolError
+
+__all__ = ["Hello", "Control", "parse_hello", "parse_control", "message", "RATES"]
+
+RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+
+
+@attrs.frozen
+class Hello:
+    sample_rate: int
+    output_sample_rate: int
+    token: str
+
+
+@attrs.frozen
+class Control:
+    type: str  # "interrupt" or "end"
+
+
+def _object(text: str | bytes) -> dict[str, Any]:
+    if isinstance(text, bytes):
+        raise ProtocolError("expected a JSON text message, got binary")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"not JSON: {exc.msg}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ProtocolError("a message must be a JSON object with a string 'type'")
+    return obj
+
+
+def parse_hello(text: str | bytes) -> Hello:
+    """The first message. Raises ProtocolError if it is not a valid hello."""
+    obj = _object(text)
+    if obj["type"] != "hello":
+        raise ProtocolError(f"the first message must be a hello, got {obj['type']!r}")
+    rate = obj.get("sample_rate", 16000)
+    out = obj.get("output_sample_rate", 24000)
+    for name, value in (("sample_rate", rate), ("output_sample_rate", out)):
+        if not isinstance(value, int) or isinstance(value, bool) or value not in RATES:
+            raise ProtocolError(f"hello: {name} must be one of {RATES}, got {value!r}")
+    token = obj.get("token", "")
+    if not isinstance(token, str):
+        raise ProtocolError("hello: token must be a string")
+    return Hello(rate, out, token)
+
+
+def parse_control(text: str | bytes) -> Control:
+    obj = _object(text)
+    if obj["type"] not in ("interrupt", "end"):
+        raise ProtocolError(f"unknown message type {obj['type']!r}")
+    return Control(obj["type"])
+
+
+def message(type: str, **fields: Any) -> str:
+    """A server -> client JSON message."""
+    return json.dumps({"type": type, **fields}, default=str)

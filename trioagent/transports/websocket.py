@@ -1,0 +1,244 @@
+"""Transports over a WebSocket: the browser protocol and Twilio Media Streams.
+
+How this works: each transport has one reader loop (`run`) that turns incoming messages into
+`AudioFrame`s on `audio_in` (and control actions), and one writer task that owns every send, so
+sends never interleave (the trio-websocket pattern: one reader, one sender). Outgoing messages
+wait in a short queue; `clear()` drops the audio still queued there and, for Twilio, asks
+Twilio to drop what it has buffered. Bad input raises `ProtocolError`, which the server turns
+into a close code and reason for this one connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+import trio_websocket
+
+from .._proto import browser as bp
+from .._proto.twilio import TwilioDtmf, TwilioMark, TwilioMedia, TwilioProtocol, TwilioStart, TwilioStop
+from ..audio.frame import AudioFrame
+from ..errors import ProtocolError
+
+if TYPE_CHECKING:
+    from ..session import AgentSession
+
+__all__ = ["BrowserTransport", "TwilioTransport"]
+
+_log = logging.getLogger("trioagent.transports.websocket")
+
+
+class _WebSocketTransport:
+    """What both protocols share: the input channel, the send queue and its writer."""
+
+    input_sample_rate: int
+    output_sample_rate: int
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, *, max_queued: int = 10, max_frame_duration: float = 0.5) -> None:
+        self.ws = ws
+        self.session: AgentSession | None = None
+        self.max_frame_duration = max_frame_duration
+        self._in_send, self._in_receive = trio.open_memory_channel[AudioFrame](math.inf)
+        self._queue: collections.deque[tuple[bool, str | bytes]] = collections.deque()  # (is_audio, message)
+        self._max_queued = max_queued
+        self._wake = trio.Event()
+        self._space = trio.Event()
+        self.hung_up = False
+        self.frames_in = 0
+        self._next_start = -math.inf
+        self._closed = False
+
+    @property
+    def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
+        return self._in_receive
+
+    def _enqueue(self, message: str | bytes, audio: bool) -> None:
+        self._queue.append((audio, message))
+        self._wake.set()
+
+    async def _send_audio_message(self, message: str | bytes) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        while sum(1 for audio, _ in self._queue if audio) >= self._max_queued and not self._closed:
+            self._space = trio.Event() if self._space.is_set() else self._space
+            await self._space.wait()
+        self._enqueue(message, audio=True)
+        await trio.lowlevel.checkpoint()
+
+    def send_control(self, message: str) -> None:
+        """Queue a JSON text message (never dropped by `clear()`). Not a checkpoint."""
+        self._enqueue(message, audio=False)
+
+    def _drop_queued_audio(self) -> None:
+        kept = [(a, m) for a, m in self._queue if not a]
+        self._queue.clear()
+        self._queue.extend(kept)
+        self._space.set()
+
+    async def _writer(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            _, message = self._queue.popleft()
+            self._space.set()
+            await self.ws.send_message(message)
+
+    def _deliver(self, samples: np.ndarray) -> None:
+        duration = len(samples) / self.input_sample_rate
+        if duration > self.max_frame_duration:
+            raise ProtocolError(f"an audio message of {duration:.2f} s is longer than {self.max_frame_duration} s")
+        # Audio is a continuous stream even when the network bunches it up: a frame starts where
+        # the one before ended, unless it came later than that (a gap: re-anchor to the clock).
+        start = max(trio.current_time() - duration, self._next_start)
+        self._next_start = start + duration
+        frame = AudioFrame(np.ascontiguousarray(samples, np.int16), self.input_sample_rate, 1, start)
+        self.frames_in += 1
+        self._in_send.send_nowait(frame)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read until the peer closes (input then ends) or sends something invalid.
+
+        Raises:
+            ProtocolError: bad input; the caller closes the connection with a reason.
+        """
+        failure: ProtocolError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer)
+            task_status.started()
+            try:
+                while not self.hung_up:  # until the peer ends the call ("end", Twilio "stop")
+                    try:
+                        message = await self.ws.get_message()
+                    except trio_websocket.ConnectionClosed:
+                        break
+                    await self._on_message(message)
+            except ProtocolError as exc:
+                failure = exc  # raised bare below, not wrapped in the nursery's group
+            finally:
+                self._in_send.close()
+                self._closed = True  # from now on output is dropped, never waited on
+                self._space.set()
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _on_message(self, message: str | bytes) -> None:
+        raise NotImplementedError
+
+    async def send_audio(self, frame: AudioFrame) -> None:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        self._drop_queued_audio()
+
+    async def hang_up(self) -> None:
+        self.hung_up = True
+        self._in_send.close()
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        self._in_send.close()
+        await trio.lowlevel.checkpoint()
+
+
+class BrowserTransport(_WebSocketTransport):
+    """The browser protocol (docs/protocol.md): binary PCM16 both ways, JSON for the rest."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, hello: bp.Hello, **options: Any) -> None:
+        super().__init__(ws, **options)
+        self.input_sample_rate = hello.sample_rate
+        self.output_sample_rate = hello.output_sample_rate
+
+    def attach(self, session: AgentSession) -> None:
+        """Forward the session's events to the page."""
+        self.session = session
+        session.on("agent_state_changed", lambda d: self.send_control(bp.message("agent_state", state=d["state"])))
+        session.on("user_state_changed", lambda d: self.send_control(bp.message("user_state", state=d["state"])))
+        session.on("on_speech_in", lambda d: self.send_control(bp.message("transcript", text=d["text"], final=True)))
+        session.on("on_speech_out", lambda d: self.send_control(bp.message("agent_text", text=d["text"])))
+        session.on("metrics_collected", lambda m: self.send_control(bp.message("metrics", **m.as_dict())))
+
+    async def send_audio(self, frame: AudioFrame) -> None:
+        await self._send_audio_message(frame.to_pcm16())
+
+    def clear(self) -> None:
+        self._drop_queued_audio()
+        self.send_control(bp.message("clear"))
+
+    async def _on_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            if len(message) % 2:
+                raise ProtocolError(f"an audio message of {len(message)} bytes is not whole 16-bit samples")
+            self._deliver(np.frombuffer(message, "<i2"))
+            return
+        control = bp.parse_control(message)
+        if self.session is None:
+            return
+        if control.type == "interrupt":
+            self.session.interrupt()
+        else:
+            self.hung_up = True
+            self._in_send.close()
+
+
+class TwilioTransport(_WebSocketTransport):
+    """Twilio Media Streams: 8 kHz mu-law in and out; `clear` on barge-in; marks track playout.
+
+    Args:
+        mark_every: send a mark after this many output frames; Twilio echoes it once the audio
+            before it has played, which gives `played_until` (session time of the audio heard).
+        token_check: called with the ``start`` message's custom parameters before any audio is
+            accepted; raise to refuse the stream.
+    """
+
+    input_sample_rate = 8000
+    output_sample_rate = 8000
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, *, mark_every: int = 10, **options: Any) -> None:
+        super().__init__(ws, **options)
+        self.proto = TwilioProtocol()
+        self.mark_every = mark_every
+        self.started = trio.Event()
+        self.start: TwilioStart | None = None
+        self.played_until: float | None = None
+        self.dtmf: list[str] = []
+        self._frames_out = 0
+
+    async def send_audio(self, frame: AudioFrame) -> None:
+        if self.proto.stream_sid is None:
+            await trio.lowlevel.checkpoint()  # no stream yet: nowhere to play it
+            return
+        await self._send_audio_message(self.proto.media(frame.samples))
+        self._frames_out += 1
+        if self._frames_out % self.mark_every == 0:
+            self._enqueue(self.proto.mark(f"t={frame.end_time:.3f}"), audio=True)
+
+    def clear(self) -> None:
+        self._drop_queued_audio()
+        if self.proto.stream_sid is not None:
+            self.send_control(self.proto.clear())
+
+    async def _on_message(self, message: str | bytes) -> None:
+        event = self.proto.receive(message)
+        if isinstance(event, TwilioStart):
+            self.start = event
+            self.started.set()
+        elif isinstance(event, TwilioMedia):
+            self._deliver(event.samples)
+        elif isinstance(event, TwilioMark):
+            if event.name.startswith("t="):
+                try:
+                    self.played_until = float(event.name[2:])
+                except ValueError:
+                    pass  # a mark someone else named
+        elif isinstance(event, TwilioDtmf):
+            self.dtmf.append(event.digit)
+        elif isinstance(event, TwilioStop):
+            self.hung_up = True
+            self._in_send.close()
