@@ -51,7 +51,7 @@ def verify_token(token: str, secret: str | bytes, now: Callable[[], float] = _wa
     """
     key = secret.encode() if isinstance(secret, str) else secret
     payload, sep, sig = token.partition(".")
-    if not sep or not payload or not sig:
+    if not sep or not payload or not sig or not token.isascii():
         raise TokenError("malformed token")
     expected = _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
     if not hmac.compare_digest(expected, sig):

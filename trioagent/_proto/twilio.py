@@ -106,7 +106,7 @@ class TwilioProtocol:
             fmt = start.get("mediaFormat") or {}
             if not isinstance(fmt, dict):
                 raise ProtocolError("start: 'mediaFormat' must be an object")
-            if fmt and (fmt.get("encoding") != "audio/x-mulaw" or int(fmt.get("sampleRate", 0)) != SAMPLE_RATE):
+            if fmt and (fmt.get("encoding") != "audio/x-mulaw" or fmt.get("sampleRate") not in (SAMPLE_RATE, str(SAMPLE_RATE))):
                 raise ProtocolError(f"start: unsupported media format {fmt!r} (need audio/x-mulaw at 8000 Hz)")
             params = start.get("customParameters") or {}
             if not isinstance(params, dict):
