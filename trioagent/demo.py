@@ -34,7 +34,7 @@ from .session import AgentSession
 from .tools import function_tool
 from .transports.wavfile import WavFileTransport
 
-__all__ = ["QUESTIONS", "DemoAgent", "DemoTurn", "run_demo", "make_caller_audio"]
+__all__ = ["QUESTIONS", "DemoAgent", "DemoTurn", "run_demo", "make_caller_audio", "agent_factory"]
 
 QUESTIONS = [
     "Hello there.",
@@ -93,6 +93,13 @@ async def make_caller_audio(path: str, questions: list[str] = QUESTIONS) -> list
         t += len(speech) / rate + GAP
     write_wav(path, AudioFrame(np.concatenate(parts), rate))
     return turns
+
+
+def agent_factory() -> tuple[Agent, CascadingPipeline]:
+    """The demo agent with the offline providers, one per session: for
+    ``trioagent serve trioagent.demo:agent_factory``."""
+    pipeline = CascadingPipeline(stt=PocketsphinxSTT(grammar=DEMO_GRAMMAR), llm=RuleLLM(), tts=EspeakTTS())
+    return DemoAgent(), pipeline
 
 
 def _fmt(x: float | None) -> str:

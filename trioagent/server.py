@@ -87,6 +87,7 @@ class Server:
     hello_timeout: float = 10.0
     grace: float = 10.0
     close_timeout: float = 5.0
+    on_session: Callable[[AgentSession], None] | None = None
     port: int = 0
     active: int = 0
     sessions_started: int = 0
@@ -286,6 +287,8 @@ class Server:
         session = AgentSession(agent, pipeline, transport=transport, tick_clock=self.clock)
         if isinstance(transport, BrowserTransport):
             transport.attach(session)
+        if self.on_session is not None:
+            self.on_session(session)  # e.g. to subscribe to its events, before it starts
         self.sessions_started += 1
         if ready is not None:
             await transport.ws.send_message(ready)
@@ -336,6 +339,7 @@ async def serve(
     max_sessions: int = 200,
     max_message_size: int = 64 * 1024,
     grace: float = 10.0,
+    on_session: Callable[[AgentSession], None] | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve agents over WebSocket until cancelled or until `Server.shutdown()`.
@@ -349,6 +353,8 @@ async def serve(
         max_sessions: connections beyond this are closed with 1013 "server full".
         max_message_size: larger WebSocket messages close the connection with 1009.
         grace: on shutdown, how long running sessions may go on before they are closed.
+        on_session: called with each new `AgentSession` before it starts (to subscribe to
+            its events, count, log).
     """
     server = Server(
         factory,
@@ -357,6 +363,7 @@ async def serve(
         max_sessions=max_sessions,
         max_message_size=max_message_size,
         grace=grace,
+        on_session=on_session,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run, host, port)

@@ -38,7 +38,9 @@ class _WebSocketTransport:
     input_sample_rate: int
     output_sample_rate: int
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, *, max_queued: int = 10, max_frame_duration: float = 0.5) -> None:
+    def __init__(
+        self, ws: trio_websocket.WebSocketConnection, *, max_queued: int = 10, max_frame_duration: float = 0.5, frame_duration: float = 0.02
+    ) -> None:
         self.ws = ws
         self.session: AgentSession | None = None
         self.max_frame_duration = max_frame_duration
@@ -49,7 +51,9 @@ class _WebSocketTransport:
         self._space = trio.Event()
         self.hung_up = False
         self.frames_in = 0
+        self.frame_duration = frame_duration
         self._next_start = -math.inf
+        self._remainder = np.zeros(0, np.int16)
         self._closed = False
 
     @property
@@ -90,16 +94,24 @@ class _WebSocketTransport:
             await self.ws.send_message(message)
 
     def _deliver(self, samples: np.ndarray) -> None:
+        """Cut incoming audio (messages of any length) into `frame_duration` frames, the size
+        the VADs and STTs are tuned to; a remainder waits for the next message."""
         duration = len(samples) / self.input_sample_rate
         if duration > self.max_frame_duration:
             raise ProtocolError(f"an audio message of {duration:.2f} s is longer than {self.max_frame_duration} s")
-        # Audio is a continuous stream even when the network bunches it up: a frame starts where
-        # the one before ended, unless it came later than that (a gap: re-anchor to the clock).
-        start = max(trio.current_time() - duration, self._next_start)
-        self._next_start = start + duration
-        frame = AudioFrame(np.ascontiguousarray(samples, np.int16), self.input_sample_rate, 1, start)
-        self.frames_in += 1
-        self._in_send.send_nowait(frame)
+        # Audio is a continuous stream even when the network bunches it up: it starts where
+        # the audio before ended, unless it came later than that (a gap: re-anchor to the clock).
+        pending = len(self._remainder) / self.input_sample_rate
+        start = max(trio.current_time() - duration - pending, self._next_start)
+        data = np.concatenate([self._remainder, np.asarray(samples, np.int16)]) if len(self._remainder) else np.asarray(samples, np.int16)
+        step = round(self.input_sample_rate * self.frame_duration)
+        whole = len(data) - len(data) % step
+        for i in range(0, whole, step):
+            frame = AudioFrame(np.ascontiguousarray(data[i : i + step]), self.input_sample_rate, 1, start + i / self.input_sample_rate)
+            self.frames_in += 1
+            self._in_send.send_nowait(frame)
+        self._remainder = data[whole:].copy()
+        self._next_start = start + whole / self.input_sample_rate
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read until the peer closes (input then ends) or sends something invalid.
