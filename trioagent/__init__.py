@@ -14,6 +14,7 @@ from .errors import ProviderError as ProviderError
 from .errors import ProviderTimeout as ProviderTimeout
 from .errors import SessionClosed as SessionClosed
 from .errors import TransportClosed as TransportClosed
+from .errors import TransportError as TransportError
 from .errors import TrioAgentError as TrioAgentError
 from .flow import ConversationFlow as ConversationFlow
 from .metrics import TurnMetrics as TurnMetrics
@@ -56,6 +57,7 @@ __all__ = [
     "SilenceTurnDetector",
     "ToolError",
     "TransportClosed",
+    "TransportError",
     "TrioAgentError",
     "TurnMetrics",
     "UserState",

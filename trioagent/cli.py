@@ -1,4 +1,4 @@
-"""The `trioagent` command line: ``trioagent demo``, ``trioagent serve``, ``trioagent token``."""
+"""The `trioagent` command line: ``demo``, ``serve``, ``console``, ``token``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--origin", action="append", help="allowed browser Origin (repeat; default any)")
     srv.add_argument("--max-sessions", type=int, default=200)
     srv.add_argument("--grace", type=float, default=10.0, help="seconds running sessions get on SIGTERM")
+    con = commands.add_parser("console", help="talk to an agent with this computer's microphone and speakers")
+    con.add_argument("factory", help="module:callable returning (agent, pipeline)")
+    con.add_argument("--input-device", default=None, help="PortAudio input device (name or index)")
+    con.add_argument("--output-device", default=None, help="PortAudio output device (name or index)")
     tok = commands.add_parser("token", help="mint a session token")
     tok.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default $TRIOAGENT_SECRET)")
     tok.add_argument("--ttl", type=float, default=3600.0, help="seconds the token is valid")
@@ -44,6 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.secret:
             parser.error("a secret is needed: --secret or $TRIOAGENT_SECRET")
         print(mint_token(args.secret, ttl=args.ttl, subject=args.subject))
+        return 0
+    if args.command == "console":
+        from .errors import TransportError
+
+        try:
+            trio.run(_console, args)
+        except TransportError as exc:
+            print(f"trioagent console: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "serve":
         if not args.secret and not args.insecure:
@@ -100,6 +113,41 @@ async def _serve(args: argparse.Namespace) -> None:
                 print(f"trioagent: {signal.Signals(signum).name}: draining for up to {args.grace:.0f} s", flush=True)
                 server.shutdown()
                 break
+
+
+def _device(spec: str | None) -> int | str | None:
+    return int(spec) if spec is not None and spec.isdigit() else spec
+
+
+async def _console(args: argparse.Namespace, out: Any = None) -> None:
+    """Run one session on the sound card, printing what is said, until Ctrl-C or SIGTERM."""
+    import inspect
+
+    from .session import AgentSession
+    from .transports.local import LocalAudioTransport
+
+    out = out or sys.stdout
+    made = load_factory(args.factory)()
+    agent, pipeline = await made if inspect.isawaitable(made) else made
+    transport = LocalAudioTransport(input_device=_device(args.input_device), output_device=_device(args.output_device))
+    session = AgentSession(agent, pipeline, transport=transport)
+    session.on("on_speech_in", lambda d: print(f"you   : {d['text']}", file=out, flush=True))
+    session.on("on_speech_out", lambda d: print(f"agent : {d['text']}", file=out, flush=True))
+    print("trioagent: listening (Ctrl-C to stop)", file=out, flush=True)
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    await session.close()
+                    return
+
+        nursery.start_soon(on_signal)
+        try:
+            await session.run()
+        finally:
+            await transport.aclose()
+        nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ __all__ = [
     "ProviderError",
     "ProviderTimeout",
     "TransportClosed",
+    "TransportError",
     "ProtocolError",
     "SessionClosed",
 ]
@@ -41,6 +42,10 @@ class ProviderTimeout(ProviderError):
 
 class TransportClosed(TrioAgentError):
     """The transport (socket, call, file) is gone."""
+
+
+class TransportError(TrioAgentError):
+    """A transport cannot be opened or used (a missing audio library or device)."""
 
 
 class ProtocolError(TrioAgentError):

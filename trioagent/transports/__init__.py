@@ -4,3 +4,4 @@ from .base import NullTransport as NullTransport
 from .base import Transport as Transport
 from .memory import MemoryTransport as MemoryTransport
 from .wavfile import WavFileTransport as WavFileTransport
+from .local import LocalAudioTransport as LocalAudioTransport
