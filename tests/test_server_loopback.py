@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
+import socket
+import struct
 import json
 from typing import Any
 
@@ -150,4 +153,31 @@ async def test_origin_refused_websockets_library(nursery: trio.Nursery) -> None:
     server = await start_server(nursery, allowed_origins={"https://good.example"})
     got = await trio.to_thread.run_sync(websockets_close, server.port, "/ws", [hello()], {"Origin": "https://evil.example"})
     assert got == (403, "origin not allowed")
+    server.shutdown()
+
+
+async def test_socket_dropped_mid_reply_is_not_an_error(mock_clock: trio.testing.MockClock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that vanishes while the agent is talking (reset socket, no close frame) ends its
+    session quietly: no error logged, nothing else affected."""
+    mock_clock.rate = RATE
+    server = await start_server(nursery)
+    for _ in range(3):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with trio.open_nursery() as inner:
+            ws = await trio_websocket.wrap_client_stream(inner, stream, "127.0.0.1", "/ws")
+            await ws.send_message(hello())
+            client = Client(ws)
+            inner.start_soon(client.read)
+            await client.send_audio(speech(1.0) + silence(0.8))  # the reply starts at 1.5
+            with trio.fail_after(5):
+                while not client.audio or np.abs(client.audio[-1].astype(np.int32)).max() < 3000:
+                    await trio.sleep(0.02)
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+            await stream.aclose()
+            inner.cancel_scope.cancel()
+        with trio.fail_after(10):
+            while server.active:
+                await trio.sleep(0.05)
+    assert server.sessions_started == 3
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     server.shutdown()

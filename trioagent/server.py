@@ -37,6 +37,9 @@ __all__ = ["serve", "Server", "AgentFactory"]
 
 _log = logging.getLogger("trioagent.server")
 
+# The peer went away (reset, closed, broken pipe): ends that connection, is not an error.
+_PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed, h11.ProtocolError)
+
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 AgentFactory = Callable[[], "tuple[Agent, Pipeline] | Awaitable[tuple[Agent, Pipeline]]"]
@@ -193,10 +196,14 @@ class Server:
                     )
                     await self._websocket(ws_request, path.path, query)
                     nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed, h11.ProtocolError):
-            pass  # the peer went away; nothing else is affected
-        except Exception:
-            _log.exception("connection failed")
+        except BaseException as exc:  # noqa: BLE001 - sorted below; nothing escapes to other sessions
+            if not isinstance(exc, Exception):
+                raise  # cancellation, KeyboardInterrupt
+            gone, failed = exc.split(_PEER_GONE) if isinstance(exc, ExceptionGroup) else ((exc, None) if isinstance(exc, _PEER_GONE) else (None, exc))
+            if failed is not None:
+                _log.error("connection failed", exc_info=failed)
+            elif gone is not None:
+                _log.debug("peer went away: %r", gone)
 
     async def _read_request(self, stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes]:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
