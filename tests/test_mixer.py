@@ -228,3 +228,22 @@ async def test_pump_behind_a_shared_clock_skips_and_counts(autojump_clock: trio.
     # skipping the ticks 0.04 .. 0.08: three underruns.
     assert stamps == [approx(0.0), approx(0.02), approx(0.1)]
     assert mixer.statistics().underruns == 3
+
+
+async def test_tick_clock_phase(autojump_clock: trio.testing.MockClock) -> None:
+    """A clock with phase 0.25 ticks 5 ms into each 20 ms period: a server spreads its sessions
+    over a few such clocks."""
+    from trioagent.audio import TickClock
+
+    clock = TickClock(phase=0.25)
+    mixer = Mixer(sample_rate=8000)
+    times: list[float] = []
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        await nursery.start(clock.run)
+        send, receive = trio.open_memory_channel[AudioFrame](100)
+        await nursery.start(lambda **kw: mixer.run(send, clock=clock, **kw))
+        for _ in range(3):
+            times.append((await receive.receive()).timestamp - t0)
+        nursery.cancel_scope.cancel()
+    assert times == [approx(t) for t in (0.005, 0.025, 0.045)]

@@ -307,3 +307,18 @@ async def test_bunched_frames_keep_their_audio_time(autojump_clock: trio.testing
     assert thinking - t0 == pytest.approx(1.0 + 0.08 + 0.5, abs=1e-6)
     assert [m["text"] for m in client.of("transcript")] == ["hello agent"]
     await ws.aclose()
+
+
+async def test_sessions_spread_over_out_of_phase_clocks(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery, tick_phases=4)
+    seen: list[Any] = []
+    server.on_session = lambda session: seen.append(session.tick_clock)
+    sockets = []
+    for _ in range(8):
+        ws = await open_ws(nursery, listener, "/ws")
+        await ws.send_message(hello())
+        await ws.get_message()
+        sockets.append(ws)
+    assert sorted(clock.phase for clock in seen) == [0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75]
+    for ws in sockets:
+        await ws.aclose()

@@ -5,7 +5,8 @@ serves the web page; ``/ws`` (browser protocol) and ``/twilio`` (Media Streams) 
 trio-websocket (with the bytes already read replayed in front of the stream). Origin, token and
 capacity are checked before any session starts. Every connection runs in its own task, and
 everything that goes wrong in it (bad input, a provider failing) ends that connection only, with
-a close code and a reason. All sessions share one `TickClock`. On shutdown the server stops
+a close code and a reason. Sessions share `tick_phases` `TickClock`s, evenly out of phase (the
+mixing work of many sessions spread over the frame period). On shutdown the server stops
 accepting, lets running sessions finish for `grace` seconds, then closes them.
 """
 
@@ -95,7 +96,8 @@ class Server:
     active: int = 0
     sessions_started: int = 0
     refused: dict[str, int] = attrs.field(factory=dict)
-    clock: TickClock = attrs.field(factory=TickClock)
+    tick_phases: int = 4
+    _clocks: dict[TickClock, int] = attrs.field(init=False, factory=dict)  # clock -> sessions on it
     _live: list[tuple[AgentSession, _WebSocketTransport]] = attrs.field(factory=list)
     _shutdown: trio.Event = attrs.field(factory=trio.Event)
     _idle: trio.Event = attrs.field(factory=trio.Event)
@@ -132,7 +134,12 @@ class Server:
             self.port = tcp[0].socket.getsockname()[1]
             listeners = list(tcp)
         async with trio.open_nursery() as sessions:
-            await sessions.start(self.clock.run)
+            # A few shared clocks, evenly out of phase: each session joins the least used, so the
+            # mixing work of many sessions is spread over the 20 ms instead of landing at once.
+            for j in range(max(1, self.tick_phases)):
+                clock = TickClock(phase=j / max(1, self.tick_phases))
+                self._clocks[clock] = 0
+                await sessions.start(clock.run)
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
                     accepting.start_soon(self._accept, listener, sessions)
@@ -291,7 +298,8 @@ class Server:
     async def _run_session(self, transport: _WebSocketTransport, ready: str | None = None) -> None:
         made = self.factory()
         agent, pipeline = await made if inspect.isawaitable(made) else made
-        session = AgentSession(agent, pipeline, transport=transport, tick_clock=self.clock)
+        clock = min(self._clocks, key=self._clocks.__getitem__)
+        session = AgentSession(agent, pipeline, transport=transport, tick_clock=clock)
         if isinstance(transport, BrowserTransport):
             transport.attach(session)
         if self.on_session is not None:
@@ -302,6 +310,7 @@ class Server:
         failure: ProtocolError | None = None
         live = (session, transport)
         self._live.append(live)
+        self._clocks[clock] += 1
         try:
             async with trio.open_nursery() as nursery:
 
@@ -320,6 +329,7 @@ class Server:
                 nursery.cancel_scope.cancel()
         finally:
             self._live.remove(live)
+            self._clocks[clock] -= 1
         closed = transport.ws.closed
         if closed is not None and closed.code == TOO_BIG:
             self._refuse("too_big")

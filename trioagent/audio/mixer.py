@@ -455,13 +455,16 @@ class TickClock:
     """
 
     period: float = 0.02
+    phase: float = 0.0
+    """Where in the period this clock ticks, as a fraction of it: a server runs a few clocks at
+    different phases so that its sessions' mixing does not all land on the same instant."""
     _lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     _index: int = attrs.field(init=False, default=-1)
     _time: float = attrs.field(init=False, default=-math.inf)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Tick until cancelled; tick k is at ``t0 + k * period`` (woken 1 µs after)."""
-        t0 = trio.current_time()
+        """Tick until cancelled; tick k is at ``t0 + (k + phase) * period`` (woken 1 µs after)."""
+        t0 = trio.current_time() + self.phase * self.period
         k = 0
         task_status.started()
         while True:
