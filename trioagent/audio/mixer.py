@@ -22,14 +22,13 @@ import collections
 import math
 import attrs
 import numpy as np
-import soxr
 import trio
 
 from .frame import AudioFrame, Float32Array
+from .polyphase import Polyphase
 
 __all__ = ["Mixer", "MixerSource", "MixerStatistics", "TickClock"]
 
-_EMPTY = np.zeros(0, np.float32)
 _WAKE_AFTER = 1e-6  # seconds the pump wakes after each tick's deadline (see Mixer.run)
 
 
@@ -83,7 +82,7 @@ class MixerSource:
     loop: bool
     gain: float
     _mixer_rate: int
-    _stream: soxr.ResampleStream | None = attrs.field(init=False, default=None)
+    _stream: Polyphase | None = attrs.field(init=False, default=None)
     _chunks: collections.deque[Float32Array] = attrs.field(init=False, factory=collections.deque)
     _history: list[Float32Array] = attrs.field(init=False, factory=list)
     _offset: int = attrs.field(init=False, default=0)
@@ -105,7 +104,7 @@ class MixerSource:
 
     def __attrs_post_init__(self) -> None:
         if self.sample_rate != self._mixer_rate:
-            self._stream = soxr.ResampleStream(self.sample_rate, self._mixer_rate, 1, dtype="float32")
+            self._stream = Polyphase(self.sample_rate, self._mixer_rate)  # low latency (NOTES.md)
 
     # -- feeding ----------------------------------------------------------------------------
     def push(self, frame: AudioFrame) -> None:
@@ -139,12 +138,12 @@ class MixerSource:
         if self._ended:
             return
         if self._stream is not None:
-            self._append(self._stream.resample_chunk(_EMPTY, last=True), resampled=True)
+            self._append(self._stream.flush(), resampled=True)
         self._ended = True
 
     def _append(self, data: Float32Array, resampled: bool = False) -> None:
         if self._stream is not None and not resampled:
-            data = self._stream.resample_chunk(data)
+            data = self._stream.process(data)
         if len(data) == 0:
             return
         self._chunks.append(data)
