@@ -22,6 +22,7 @@ import collections
 import math
 import attrs
 import numpy as np
+import soxr
 import trio
 
 from .frame import AudioFrame, Float32Array
@@ -82,7 +83,7 @@ class MixerSource:
     loop: bool
     gain: float
     _mixer_rate: int
-    _stream: Polyphase | None = attrs.field(init=False, default=None)
+    _stream: Polyphase | _SoxrStream | None = attrs.field(init=False, default=None)
     _chunks: collections.deque[Float32Array] = attrs.field(init=False, factory=collections.deque)
     _history: list[Float32Array] = attrs.field(init=False, factory=list)
     _offset: int = attrs.field(init=False, default=0)
@@ -104,7 +105,10 @@ class MixerSource:
 
     def __attrs_post_init__(self) -> None:
         if self.sample_rate != self._mixer_rate:
-            self._stream = Polyphase(self.sample_rate, self._mixer_rate)  # low latency (NOTES.md)
+            # A voice must start (and answer) without delay: the low-latency filter (0.5-3 ms of
+            # lookahead). Background and thinking loops are not latency-bound: soxr, which costs
+            # 4-7 us a frame against the filter's 7-40 us (NOTES.md, "Resampler latency").
+            self._stream = Polyphase(self.sample_rate, self._mixer_rate) if self.voice else _SoxrStream(self.sample_rate, self._mixer_rate)
 
     # -- feeding ----------------------------------------------------------------------------
     def push(self, frame: AudioFrame) -> None:
@@ -442,6 +446,22 @@ class Mixer:
                     await send_channel.send(frame)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
+
+
+class _SoxrStream:
+    """soxr's stream with the `Polyphase` interface (mono float32)."""
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        self._stream = soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32")
+
+    def process(self, x: Float32Array) -> Float32Array:
+        out: Float32Array = self._stream.resample_chunk(x)
+        return out
+
+    def flush(self) -> Float32Array:
+        out: Float32Array = self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
+        self._stream.clear()
+        return out
 
 
 @attrs.define(eq=False)
