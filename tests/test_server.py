@@ -323,3 +323,30 @@ async def test_sessions_spread_over_out_of_phase_clocks(autojump_clock: trio.tes
     assert sorted(clock.phase for clock in seen) == [0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75]
     for ws in sockets:
         await ws.aclose()
+
+
+async def test_twilio_reply_starts_one_tick_after_the_end_of_turn(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    """8 kHz in, resampled up for the VAD and STT; 24 kHz voice resampled down for the line: the
+    answer's first loud frame leaves 0.5 s (the end-of-turn delay) + one 20 ms tick after the
+    caller stops. (With soxr's streams in both places it was 0.62 s.)"""
+    server, listener = await start_memory_server(nursery)
+    ws = await open_ws(nursery, listener, "/twilio")
+    await ws.send_message(twilio_start())
+    loud_at: list[float] = []
+
+    async def read() -> None:
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            while True:
+                message = json.loads(await ws.get_message())
+                if message["event"] == "media":
+                    samples = ulaw_decode(base64.b64decode(message["media"]["payload"]))
+                    if np.abs(samples.astype(np.int32)).max() > 3000:
+                        loud_at.append(trio.current_time())
+
+    nursery.start_soon(read)
+    client = Client(ws)
+    await client.send_audio(speech(1.0, 8000), twilio_media)
+    end = trio.current_time()
+    await client.send_audio(silence(2.0, 8000), twilio_media)
+    assert loud_at[0] - end == pytest.approx(0.52, abs=1e-6)
+    await ws.aclose()
