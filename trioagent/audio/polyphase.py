@@ -14,7 +14,10 @@ sample rate (a 0.1 transition band below its Nyquist), and split into L phases. 
 sits at position n * M + D on that fine grid, where D is the filter's delay, so the output is
 delay-compensated (aligned with the input, like a one-shot resample); it is the dot product of
 one phase's taps with the input samples before it. The state is the last taps-per-phase input
-samples and the output count, so cutting the input into frames does not change one sample.
+samples and the output count, so cutting the input into frames changes no sample beyond float
+rounding (integer upsampling uses one BLAS matrix product, whose blocking depends on the length).
+Cost per 20 ms frame: 6-12 us for the telephony and 2x/3x ratios, 25-40 us for 22.05/44.1 kHz
+(many phases); soxr's stream costs 3-7 us.
 """
 
 from __future__ import annotations
@@ -103,6 +106,17 @@ class Polyphase:
             return np.zeros(0, np.float32)
         self._produced = last + 1
         taps = self._per_phase
+        windows = np.ndarray((len(buf) - taps + 1, taps), np.float32, buf, 0, (buf.strides[0], buf.strides[0]))
+        if self.down == 1:
+            # Integer upsampling: output n reads window (n + delay) // up with phase
+            # (n + delay) % up, so every window feeds `up` consecutive outputs: one matrix
+            # product makes all phases of all windows, then they are read out in order.
+            pos0 = first + self._delay
+            r0 = pos0 // self.up - start - (taps - 1)
+            n_rows = (last + self._delay) // self.up - pos0 // self.up + 1
+            every: Float32Array = (np.ascontiguousarray(windows[r0 : r0 + n_rows]) @ self._table.T).reshape(-1)
+            skip = pos0 % self.up
+            return every[skip : skip + count]
         if self.up <= _FEW_PHASES:
             # Outputs n, n + up, n + 2 up, ... use the same phase and read windows `down` input
             # samples apart: one correlation (in C) per phase, taking every `down`-th value.
@@ -117,6 +131,5 @@ class Polyphase:
         # Many phases (44.1 or 22.05 kHz against 8/16/24/48): gather every output's window and taps.
         positions = np.arange(first, last + 1, dtype=np.int64) * self.down + self._delay
         rows = positions // self.up - start - (taps - 1)
-        windows = np.ndarray((len(buf) - taps + 1, taps), np.float32, buf, 0, (buf.strides[0], buf.strides[0]))
         mixed: Float32Array = np.einsum("ij,ij->i", windows[rows], self._table[positions % self.up]).astype(np.float32, copy=False)
         return mixed
