@@ -164,7 +164,8 @@ async def close_reason(listener: MemoryListener, path: str, messages: list[str |
 
 BAD_INPUT: list[tuple[str, list[Any], int, str]] = [
     ("/ws", ["{not json"], 1007, "not JSON"),
-    ("/ws", [json.dumps([1, 2])], 1007, "a JSON object with a string 'type'"),
+    ("/ws", [json.dumps([1, 2])], 1007, "a message must be a JSON object"),
+    ("/ws", [json.dumps({"type": 5})], 1007, "a JSON object with a string 'type'"),
     ("/ws", [json.dumps({"type": "interrupt"})], 1007, "first message must be a hello"),
     ("/ws", [b"\x00\x00"], 1003, "expected a JSON text message, got binary"),
     ("/ws", [hello(sample_rate=12345)], 1007, "sample_rate must be one of"),
@@ -202,7 +203,7 @@ async def test_bad_input_closes_only_that_connection(autojump_clock: trio.testin
     assert [m["text"] for m in client.of("transcript")] == ["hello agent"]
     assert client.closed is not None and client.closed.code == 1000
     assert server.active == 0 and server.sessions_started == 7  # the good one and six that failed after their start
-    assert server.refused == {"protocol": 13, "token": 5, "too_big": 1}
+    assert server.refused == {"protocol": 14, "token": 5, "too_big": 1}
 
 
 async def test_hello_timeout(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:

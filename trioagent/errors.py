@@ -49,7 +49,16 @@ class TransportError(TrioAgentError):
 
 
 class ProtocolError(TrioAgentError):
-    """A peer sent something the wire protocol does not allow."""
+    """A peer sent something the wire protocol does not allow.
+
+    Args:
+        close_code: the WebSocket close code for it: 1007 (invalid data, the default) or 1003
+            (a kind of message the endpoint does not take: binary where text is expected).
+    """
+
+    def __init__(self, message: str, close_code: int = 1007) -> None:
+        super().__init__(message)
+        self.close_code = close_code
 
 
 class SessionClosed(TrioAgentError):

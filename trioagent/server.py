@@ -47,7 +47,7 @@ AgentFactory = Callable[[], "tuple[Agent, Pipeline] | Awaitable[tuple[Agent, Pip
 """Makes the agent and pipeline of one new session (sync or async)."""
 
 # Close codes (RFC 6455 section 7.4.1).
-NORMAL, GOING_AWAY, UNSUPPORTED, INVALID, POLICY, TOO_BIG, INTERNAL, TRY_LATER = 1000, 1001, 1003, 1007, 1008, 1009, 1011, 1013
+NORMAL, GOING_AWAY, POLICY, TOO_BIG, TRY_LATER = 1000, 1001, 1008, 1009, 1013  # (1003 and 1007: ProtocolError.close_code)
 
 
 class _Replay(trio.abc.Stream):
@@ -258,7 +258,7 @@ class Server:
                 await self._twilio(ws, query)
         except ProtocolError as exc:
             self._refuse("protocol")
-            await ws.aclose(UNSUPPORTED if "binary" in str(exc) or "text" in str(exc) else INVALID, _reason(exc))
+            await ws.aclose(exc.close_code, _reason(exc))
         except TokenError as exc:
             self._refuse("token")
             await ws.aclose(POLICY, _reason(f"unauthorized: {exc}"))

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from ..errors import ProtocolError
+from ._json import json_object
 
 __all__ = ["Hello", "Control", "parse_hello", "parse_control", "message", "RATES"]
 
@@ -33,13 +34,8 @@ class Control:
 
 
 def _object(text: str | bytes) -> dict[str, Any]:
-    if isinstance(text, bytes):
-        raise ProtocolError("expected a JSON text message, got binary")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"not JSON: {exc.msg}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+    obj = json_object(text, "expected a JSON text message, got binary")
+    if not isinstance(obj.get("type"), str):
         raise ProtocolError("a message must be a JSON object with a string 'type'")
     return obj
 

@@ -17,6 +17,7 @@ import attrs
 from ..audio.codec import ulaw_decode, ulaw_encode
 from ..audio.frame import Int16Array
 from ..errors import ProtocolError
+from ._json import json_object
 
 __all__ = ["TwilioConnected", "TwilioStart", "TwilioMedia", "TwilioMark", "TwilioDtmf", "TwilioStop", "TwilioProtocol"]
 
@@ -87,14 +88,7 @@ class TwilioProtocol:
             ProtocolError: not JSON, not an object, an unknown event, a field missing or of the
                 wrong type, media before ``start`` or after ``stop``, a bad or oversized payload.
         """
-        if isinstance(text, bytes):
-            raise ProtocolError("Twilio sends text messages; got a binary one")
-        try:
-            msg = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(f"not JSON: {exc.msg}") from None
-        if not isinstance(msg, dict):
-            raise ProtocolError("a message must be a JSON object")
+        msg = json_object(text, "Twilio sends text messages; got a binary one")
         event = msg.get("event")
         if self.stopped:
             raise ProtocolError(f"{event!r} after stop")
