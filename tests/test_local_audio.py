@@ -18,6 +18,7 @@ from trioagent import Agent, AgentSession, CascadingPipeline, TransportError
 from trioagent.audio import AudioFrame
 from trioagent.cli import main
 from trioagent.testing import ScriptedLLM, ScriptedSTT, ToneTTS, silence, speech
+from trioagent.transports import Transport
 from trioagent.transports.local import LocalAudioTransport
 
 
@@ -84,6 +85,7 @@ class SoundCard:
 
 async def test_a_conversation_on_the_sound_card(autojump_clock: trio.testing.MockClock, sd: types.ModuleType) -> None:
     transport = LocalAudioTransport(input_device=3, output_device="speakers")
+    assert isinstance(transport, Transport)
     card = SoundCard(sd)
     assert card.input.started and card.output.started and (card.input.device, card.output.device) == (3, "speakers")
     assert (card.input.blocksize, card.output.blocksize) == (320, 480)

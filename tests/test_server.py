@@ -17,6 +17,7 @@ import trio_websocket
 from trioagent.audio import ulaw_decode
 from trioagent.auth import mint_token
 from trioagent.testing import silence, speech
+from trioagent.transports import Transport
 from trioagent.transports.websocket import TwilioTransport
 
 from .kit import all_tasks
@@ -130,7 +131,7 @@ async def test_twilio_marks_track_playout(autojump_clock: trio.testing.MockClock
     nursery.start_soon(echo_marks)
     await Client(ws).send_audio(speech(1.0, 8000) + silence(3.0, 8000), twilio_media)
     transport = server.transports[0]
-    assert isinstance(transport, TwilioTransport)
+    assert isinstance(transport, TwilioTransport) and isinstance(transport, Transport)
     assert marks and transport.played_until == pytest.approx(float(marks[-1][1][2:]))
     # the mark after every 10th frame names the end of that frame on the session clock (this
     # fake Twilio plays everything at once, so the echo comes as the frame is sent)

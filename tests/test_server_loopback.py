@@ -119,6 +119,39 @@ async def test_twilio_call_websockets_library(mock_clock: trio.testing.MockClock
     server.shutdown()
 
 
+def browser_call_with_websockets(port: int) -> dict[str, Any]:
+    """A whole browser-protocol conversation from the `websockets` sync client, in a thread."""
+    got: dict[str, Any] = {"json": [], "voiced": 0}
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+        ws.send(hello())
+        for frame in speech(1.0) + silence(1.0):
+            ws.send(frame.to_pcm16())
+        while got["voiced"] < 40:
+            message = ws.recv(timeout=30)
+            if isinstance(message, bytes):
+                got["voiced"] += int(np.abs(np.frombuffer(message, "<i2").astype(np.int32)).max() > 3000)
+            else:
+                got["json"].append(json.loads(message))
+        ws.send(json.dumps({"type": "end"}))
+        try:
+            while True:
+                ws.recv(timeout=30)
+        except websockets.exceptions.ConnectionClosed as exc:
+            assert exc.rcvd is not None
+            got["close"] = (exc.rcvd.code, exc.rcvd.reason)
+    return got
+
+
+async def test_browser_call_websockets_library(mock_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    mock_clock.rate = RATE
+    server = await start_server(nursery)
+    got = await trio.to_thread.run_sync(browser_call_with_websockets, server.port)
+    assert got["json"][0]["type"] == "ready"
+    assert [m["text"] for m in got["json"] if m["type"] == "transcript"] == ["hello agent"]
+    assert got["close"] == (1000, "session ended")
+    server.shutdown()
+
+
 def websockets_close(port: int, path: str, messages: list[str | bytes], headers: dict[str, str] | None = None) -> tuple[int, str]:
     try:
         with websockets.sync.client.connect(f"ws://127.0.0.1:{port}{path}", additional_headers=headers, open_timeout=10) as ws:
