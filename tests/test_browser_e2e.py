@@ -92,7 +92,11 @@ async def test_browser_page_talks_to_the_agent(tmp_path: Path, nursery: trio.Nur
     answered = trio.Event()
     turns: list[TurnMetrics] = []
 
+    sessions: list[AgentSession] = []
+
     def on_session(session: AgentSession) -> None:
+        sessions.append(session)
+
         def on_metrics(m: TurnMetrics) -> None:
             turns.append(m)
             if m.user_text:
@@ -118,7 +122,8 @@ async def test_browser_page_talks_to_the_agent(tmp_path: Path, nursery: trio.Nur
             devtools_port = int((profile / "DevToolsActivePort").read_text().split()[0])
             while True:  # the page has the transcript, and the answer's audio is arriving
                 state = await page_state(devtools_port)
-                if state["transcripts"] and state["agentTexts"] and state["audioBytes"] > 24000 * 2:
+                echoed = bool(sessions) and sessions[0].transport.marks_echoed > 0  # type: ignore[attr-defined]
+                if state["transcripts"] and state["agentTexts"] and state["audioBytes"] > 24000 * 2 and echoed:
                     break
                 await trio.sleep(0.2)
     finally:
@@ -130,4 +135,5 @@ async def test_browser_page_talks_to_the_agent(tmp_path: Path, nursery: trio.Nur
     assert state["transcripts"] == ["what is the time"]
     assert state["agentTexts"][0].startswith("It is ")
     assert "agent:speaking" in state["states"] and "user:speaking" in state["states"]
+    assert state["marks"] > 0  # the page echoed the server's marks as the audio played
     server.shutdown()

@@ -22,7 +22,7 @@ from trioagent.transports.websocket import TwilioTransport
 
 from .kit import all_tasks
 from .netkit import (
-    SECRET, TWILIO_CONNECTED, TWILIO_STOP, Client, MemoryListener, hello, open_ws, start_memory_server, twilio_media, twilio_start,
+    LONG, SECRET, TWILIO_CONNECTED, TWILIO_STOP, Client, MemoryListener, hello, open_ws, start_memory_server, twilio_media, twilio_start,
 )
 
 
@@ -352,3 +352,56 @@ async def test_twilio_reply_starts_one_tick_after_the_end_of_turn(autojump_clock
     await client.send_audio(silence(2.0, 8000), twilio_media)
     assert loud_at[0] - end == pytest.approx(0.52, abs=1e-6)
     await ws.aclose()
+
+
+async def barge_in_heard(listener: MemoryListener, server: Any, path: str, playout_delay: float) -> str:
+    """A caller asks for the long answer and barges in 1 s into it, over a line that plays
+    audio `playout_delay` after it was sent (echoing marks then). Returns what the chat context
+    says the agent said."""
+    said: list[str] = []
+    server.on_session = lambda session: session.on("metrics_collected", lambda m: said.append(m.agent_text))
+    async with trio.open_nursery() as nursery:
+        ws = await open_ws(nursery, listener, path)
+        rate = 8000 if path == "/twilio" else 16000
+        encode = twilio_media if path == "/twilio" else None
+        await ws.send_message(twilio_start() if path == "/twilio" else hello())
+
+        async def echo_marks() -> None:
+            with contextlib.suppress(trio_websocket.ConnectionClosed):
+                while True:
+                    message = await ws.get_message()
+                    if isinstance(message, bytes):
+                        continue
+                    m = json.loads(message)
+                    if m.get("event") == "mark" or m.get("type") == "mark":
+                        name = m["mark"]["name"] if path == "/twilio" else m["name"]
+                        reply = json.dumps({"event": "mark", "streamSid": "MZ1", "mark": {"name": name}}) if path == "/twilio" else json.dumps({"type": "mark", "name": name})
+
+                        async def later(reply: str = reply) -> None:
+                            await trio.sleep(playout_delay)
+                            with contextlib.suppress(trio_websocket.ConnectionClosed):
+                                await ws.send_message(reply)
+
+                        nursery.start_soon(later)
+
+        nursery.start_soon(echo_marks)
+        client = Client(ws)
+        await client.send_audio(speech(1.0, rate) + silence(3.0, rate), encode)  # turn 1, short answer
+        await client.send_audio(speech(1.0, rate) + silence(1.5, rate), encode)  # the 6 s answer from 5.5 s
+        await client.send_audio(speech(1.0, rate) + silence(1.0, rate), encode)  # barge in at 6.5 s
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+    return said[1]
+
+
+@pytest.mark.parametrize("path", ["/twilio", "/ws"])
+async def test_interrupted_text_is_what_the_listener_heard(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, path: str) -> None:
+    """Marks tell how far the listener's playback is behind what was sent: the chat context
+    keeps only the words heard, not the ones still buffered in the phone network when the
+    barge-in cleared them."""
+    server, listener = await start_memory_server(nursery)
+    prompt = await barge_in_heard(listener, server, path, playout_delay=0.0)
+    delayed = await barge_in_heard(listener, server, path, playout_delay=0.3)
+    assert prompt.startswith("word word") and LONG.startswith(delayed)
+    # 24 words, 119 characters over 6 s: 0.3 s less heard is about 6 characters less said
+    assert 4 <= len(prompt) - len(delayed) <= 8, (prompt, delayed)

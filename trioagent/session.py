@@ -400,9 +400,20 @@ class AgentSession(EventEmitter):
 
     def interrupt(self) -> None:
         """Interrupt the agent's current speech (and drop output queued in the transport)."""
-        if self.current_utterance is not None and not self.current_utterance.interrupted:
-            self.current_utterance.interrupt("session.interrupt()")
+        handle = self.current_utterance
+        if handle is not None and not handle.interrupted:
+            handle.interrupt("session.interrupt()")
         self.pipeline.interrupt()
+        self._clear_output(handle)
+
+    def _clear_output(self, handle: UtteranceHandle | None) -> None:
+        """Drop output queued downstream (barge-in), first noting how much of `handle`'s audio
+        had been sent but not heard, for a transport that tracks playout (`unplayed()`)."""
+        unplayed = getattr(self.transport, "unplayed", None)
+        voice = handle._voice if handle is not None else None
+        # (Once paused by a suspected barge-in, what is in flight is silence: counted already.)
+        if handle is not None and voice is not None and not voice.paused and callable(unplayed):
+            handle._unheard += float(unplayed())
         self.transport.clear()
 
     # -- background and thinking audio ---------------------------------------------------------------

@@ -29,6 +29,9 @@ class UtteranceHandle:
         self._done = trio.Event()
         self._interrupted = False
         self._voice: MixerSource | None = None
+        # Audio of this utterance that had left the mixer but that the listener had not heard
+        # when output was cleared (the transport's `unplayed()`, where it can tell).
+        self._unheard = 0.0
         self.text = ""
         """Everything the utterance was asked to say (filled in as the LLM writes)."""
         self.spoken_text = ""

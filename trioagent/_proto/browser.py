@@ -2,8 +2,8 @@
 
 Binary messages carry PCM16 little-endian mono audio at the rates agreed in the hello. Text
 messages are JSON objects with a ``type``. Client -> server: ``hello`` (first), ``interrupt``,
-``end``. Server -> client: ``ready``, ``transcript``, ``agent_state``, ``user_state``,
-``agent_text``, ``metrics``, ``clear``, ``error``.
+``end``, ``mark`` (echo). Server -> client: ``ready``, ``transcript``, ``agent_state``,
+``user_state``, ``agent_text``, ``metrics``, ``clear``, ``mark``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ class Hello:
 
 @attrs.frozen
 class Control:
-    type: str  # "interrupt" or "end"
+    type: str  # "interrupt", "end" or "mark"
+    name: str = ""  # of a "mark": the name the server gave it
 
 
 def _object(text: str | bytes) -> dict[str, Any]:
@@ -58,6 +59,11 @@ def parse_hello(text: str | bytes) -> Hello:
 
 def parse_control(text: str | bytes) -> Control:
     obj = _object(text)
+    if obj["type"] == "mark":
+        name = obj.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError("mark: 'name' must be a string")
+        return Control("mark", name)
     if obj["type"] not in ("interrupt", "end"):
         raise ProtocolError(f"unknown message type {obj['type']!r}")
     return Control(obj["type"])

@@ -372,8 +372,8 @@ class CascadingPipeline:
         if turn.transcript_this_segment or self.false_interruption_timeout is None:
             self._interrupt(handle)
             return
+        self.session._clear_output(handle)
         handle._voice.pause()
-        self.session.transport.clear()
         self._paused = handle
         self._resume_deadline = trio.current_time() + self.false_interruption_timeout
 
@@ -385,7 +385,7 @@ class CascadingPipeline:
 
     def _interrupt(self, handle: UtteranceHandle) -> None:
         handle.interrupt("barge-in")
-        self.session.transport.clear()
+        self.session._clear_output(handle)
         if self._turn.speaking:
             self.session._emit_user_state(UserState.SPEAKING)
 
@@ -561,7 +561,9 @@ class CascadingPipeline:
             voice.stop()
             handle.started_at = voice.started_at
             if handle.interrupted:
-                handle.spoken_text = spoken.played_text(voice.played_duration)
+                # What left the mixer, less what the listener never heard (still buffered in
+                # the network or the phone when the output was cleared).
+                handle.spoken_text = spoken.played_text(max(0.0, voice.played_duration - handle._unheard))
                 message = handle._chat_message
                 if message is not None:
                     message.content = handle.spoken_text

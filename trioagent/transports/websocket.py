@@ -39,7 +39,13 @@ class _WebSocketTransport:
     output_sample_rate: int
 
     def __init__(
-        self, ws: trio_websocket.WebSocketConnection, *, max_queued: int = 10, max_frame_duration: float = 0.5, frame_duration: float = 0.02
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        *,
+        max_queued: int = 10,
+        max_frame_duration: float = 0.5,
+        frame_duration: float = 0.02,
+        mark_every: int = 10,
     ) -> None:
         self.ws = ws
         self.session: AgentSession | None = None
@@ -52,6 +58,15 @@ class _WebSocketTransport:
         self.hung_up = False
         self.frames_in = 0
         self.frame_duration = frame_duration
+        # Playout tracking: after every `mark_every` output frames a mark named after the end of
+        # the last frame (session time) goes out; the peer echoes it once that audio has played.
+        self.mark_every = mark_every
+        self.played_until: float | None = None  # session time of the audio last heard (at its echo)
+        self.marks_echoed = 0
+        self._echo_at = 0.0  # when that echo came
+        self._sent_until = -math.inf  # end of the last frame sent
+        self._frames_out = 0
+        self._marks_pending: set[str] = set()
         self._next_start = -math.inf
         self._remainder = np.zeros(0, np.int16)
         self._closed = False
@@ -74,6 +89,37 @@ class _WebSocketTransport:
         self._enqueue(message, audio=True)
         await trio.lowlevel.checkpoint()
 
+    async def send_audio(self, frame: AudioFrame) -> None:
+        await self._send_audio_message(self._audio_message(frame))
+        self._sent_until = frame.end_time
+        self._frames_out += 1
+        if self.mark_every and self._frames_out % self.mark_every == 0:
+            name = f"t={frame.end_time:.3f}"
+            self._marks_pending.add(name)
+            self._enqueue(self._mark_message(name), audio=True)  # dropped by clear() like the audio before it
+
+    def unplayed(self) -> float:
+        """Seconds of audio sent that the listener has not heard yet (0 until a mark has come
+        back): the position heard is the last echoed mark's, advanced in real time since."""
+        if self.played_until is None:
+            return 0.0
+        heard = self.played_until + (trio.current_time() - self._echo_at)
+        return max(0.0, self._sent_until - heard)
+
+    def _on_mark(self, name: str) -> None:
+        if name not in self._marks_pending:
+            return  # a mark we did not send, or one for audio that clear() dropped
+        self._marks_pending.discard(name)
+        self.played_until = float(name[2:])
+        self._echo_at = trio.current_time()
+        self.marks_echoed += 1
+
+    def _audio_message(self, frame: AudioFrame) -> str | bytes:
+        raise NotImplementedError
+
+    def _mark_message(self, name: str) -> str:
+        raise NotImplementedError
+
     def send_control(self, message: str) -> None:
         """Queue a JSON text message (never dropped by `clear()`). Not a checkpoint."""
         self._enqueue(message, audio=False)
@@ -83,6 +129,7 @@ class _WebSocketTransport:
         self._queue.clear()
         self._queue.extend(kept)
         self._space.set()
+        self._marks_pending.clear()  # what was sent before is dropped by the peer: no echoes count
 
     async def _writer(self) -> None:
         while True:
@@ -143,9 +190,6 @@ class _WebSocketTransport:
     async def _on_message(self, message: str | bytes) -> None:
         raise NotImplementedError
 
-    async def send_audio(self, frame: AudioFrame) -> None:
-        raise NotImplementedError
-
     def clear(self) -> None:
         self._drop_queued_audio()
 
@@ -176,8 +220,11 @@ class BrowserTransport(_WebSocketTransport):
         session.on("on_speech_out", lambda d: self.send_control(bp.message("agent_text", text=d["text"])))
         session.on("metrics_collected", lambda m: self.send_control(bp.message("metrics", **m.as_dict())))
 
-    async def send_audio(self, frame: AudioFrame) -> None:
-        await self._send_audio_message(frame.to_pcm16())
+    def _audio_message(self, frame: AudioFrame) -> bytes:
+        return frame.to_pcm16()
+
+    def _mark_message(self, name: str) -> str:
+        return bp.message("mark", name=name)
 
     def clear(self) -> None:
         self._drop_queued_audio()
@@ -190,9 +237,11 @@ class BrowserTransport(_WebSocketTransport):
             self._deliver(np.frombuffer(message, "<i2"))
             return
         control = bp.parse_control(message)
-        if self.session is None:
+        if control.type == "mark":
+            self._on_mark(control.name)
+        elif self.session is None:
             return
-        if control.type == "interrupt":
+        elif control.type == "interrupt":
             self.session.interrupt()
         else:
             self.hung_up = True
@@ -204,32 +253,30 @@ class TwilioTransport(_WebSocketTransport):
 
     Args:
         mark_every: send a mark after this many output frames; Twilio echoes it once the audio
-            before it has played, which gives `played_until` (session time of the audio heard).
-        token_check: called with the ``start`` message's custom parameters before any audio is
-            accepted; raise to refuse the stream.
+            before it has played, which gives `played_until` and `unplayed()`.
     """
 
     input_sample_rate = 8000
     output_sample_rate = 8000
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, *, mark_every: int = 10, **options: Any) -> None:
+    def __init__(self, ws: trio_websocket.WebSocketConnection, **options: Any) -> None:
         super().__init__(ws, **options)
         self.proto = TwilioProtocol()
-        self.mark_every = mark_every
         self.started = trio.Event()
         self.start: TwilioStart | None = None
-        self.played_until: float | None = None
         self.dtmf: list[str] = []
-        self._frames_out = 0
 
     async def send_audio(self, frame: AudioFrame) -> None:
         if self.proto.stream_sid is None:
             await trio.lowlevel.checkpoint()  # no stream yet: nowhere to play it
             return
-        await self._send_audio_message(self.proto.media(frame.samples))
-        self._frames_out += 1
-        if self._frames_out % self.mark_every == 0:
-            self._enqueue(self.proto.mark(f"t={frame.end_time:.3f}"), audio=True)
+        await super().send_audio(frame)
+
+    def _audio_message(self, frame: AudioFrame) -> str:
+        return self.proto.media(frame.samples)
+
+    def _mark_message(self, name: str) -> str:
+        return self.proto.mark(name)
 
     def clear(self) -> None:
         self._drop_queued_audio()
@@ -244,11 +291,7 @@ class TwilioTransport(_WebSocketTransport):
         elif isinstance(event, TwilioMedia):
             self._deliver(event.samples)
         elif isinstance(event, TwilioMark):
-            if event.name.startswith("t="):
-                try:
-                    self.played_until = float(event.name[2:])
-                except ValueError:
-                    pass  # a mark someone else named
+            self._on_mark(event.name)
         elif isinstance(event, TwilioDtmf):
             self.dtmf.append(event.digit)
         elif isinstance(event, TwilioStop):
