@@ -136,4 +136,5 @@ async def test_browser_page_talks_to_the_agent(tmp_path: Path, nursery: trio.Nur
     assert state["agentTexts"][0].startswith("It is ")
     assert "agent:speaking" in state["states"] and "user:speaking" in state["states"]
     assert state["marks"] > 0  # the page echoed the server's marks as the audio played
+    assert state["capture"] == "worklet"
     server.shutdown()
