@@ -1,4 +1,5 @@
-"""`EnergyVAD`: a numpy energy detector, the default VAD."""
+"""Voice activity detection: `EnergyVAD` (numpy, the default) and the `Segmenter` that any
+window-by-window detector (`SileroVAD` too) uses to turn decisions into start and end events."""
 
 from __future__ import annotations
 
@@ -8,7 +9,60 @@ import numpy as np
 from ..audio.frame import AudioFrame
 from .base import VADEvent
 
-__all__ = ["EnergyVAD"]
+__all__ = ["EnergyVAD", "Segmenter"]
+
+
+@attrs.define(eq=False)
+class Segmenter:
+    """Speech windows in, start and end events out. A start needs `min_speech_duration` of
+    consecutive speech windows, an end `min_silence_duration` of non-speech ones; event times are
+    the true onset and offset (window precision)."""
+
+    min_speech_duration: float = 0.1
+    min_silence_duration: float = 0.3
+    speaking: bool = attrs.field(init=False, default=False)
+    _run_start: float | None = attrs.field(init=False, default=None)
+    _silence_start: float | None = attrs.field(init=False, default=None)
+    _processed_until: float = attrs.field(init=False, default=0.0)
+
+    @property
+    def in_speech_run(self) -> bool:
+        """Speaking, or in a run of speech windows that may become speech."""
+        return self.speaking or self._run_start is not None
+
+    @property
+    def speech_duration(self) -> float:
+        if not self.speaking or self._run_start is None:
+            return 0.0
+        end = self._silence_start if self._silence_start is not None else self._processed_until
+        return max(0.0, end - self._run_start)
+
+    def reset(self) -> None:
+        self.speaking = False
+        self._run_start = self._silence_start = None
+
+    def feed(self, t: float, w: float, voiced: bool) -> VADEvent | None:
+        """One window [t, t + w): speech or not. Returns the event it completes, if any."""
+        self._processed_until = t + w
+        if voiced:
+            self._silence_start = None
+            if not self.speaking:
+                if self._run_start is None:
+                    self._run_start = t
+                if t + w - self._run_start >= self.min_speech_duration - 1e-9:
+                    self.speaking = True
+                    return VADEvent("start", self._run_start)
+            return None
+        if not self.speaking:
+            self._run_start = None
+            return None
+        if self._silence_start is None:
+            self._silence_start = t
+        if t + w - self._silence_start >= self.min_silence_duration - 1e-9:
+            end, self._silence_start, self._run_start = self._silence_start, None, None
+            self.speaking = False
+            return VADEvent("end", end)
+        return None
 
 
 @attrs.define(eq=False)
@@ -25,34 +79,27 @@ class EnergyVAD:
     min_speech_duration: float = 0.1
     min_silence_duration: float = 0.3
     window: float = 0.01
-    _speaking: bool = attrs.field(init=False, default=False)
-    _run_start: float | None = attrs.field(init=False, default=None)
-    _silence_start: float | None = attrs.field(init=False, default=None)
-    _processed_until: float = attrs.field(init=False, default=0.0)
+    _segmenter: Segmenter = attrs.field(init=False)
     _win: int = attrs.field(init=False)
     _threshold: float = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._segmenter = Segmenter(self.min_speech_duration, self.min_silence_duration)
         self._win = max(1, round(self.window * self.sample_rate))
         self._threshold = (10 ** (self.threshold_db / 20) * 32768.0) ** 2
 
     @property
     def speaking(self) -> bool:
-        return self._speaking
+        return self._segmenter.speaking
 
     @property
     def speech_duration(self) -> float:
         """Seconds of the current speech segment heard so far, not counting trailing silence
         (0 when not speaking)."""
-        if not self._speaking or self._run_start is None:
-            return 0.0
-        end = self._silence_start if self._silence_start is not None else self._processed_until
-        return max(0.0, end - self._run_start)
+        return self._segmenter.speech_duration
 
     def reset(self) -> None:
-        self._speaking = False
-        self._run_start = None
-        self._silence_start = None
+        self._segmenter.reset()
 
     def process(self, frame: AudioFrame) -> list[VADEvent]:
         if frame.sample_rate != self.sample_rate:
@@ -63,30 +110,6 @@ class EnergyVAD:
             return []
         windows = x[: n * self._win].reshape(n, self._win)
         power = np.einsum("ij,ij->i", windows, windows) / self._win  # mean square, no temporaries
-        voiced = power > self._threshold
-        events: list[VADEvent] = []
         w = self._win / self.sample_rate
-        t0 = frame.timestamp
-        for i in range(n):
-            t = t0 + i * w
-            if voiced[i]:
-                self._silence_start = None
-                if not self._speaking:
-                    if self._run_start is None:
-                        self._run_start = t
-                    if t + w - self._run_start >= self.min_speech_duration - 1e-9:
-                        self._speaking = True
-                        events.append(VADEvent("start", self._run_start))
-            else:
-                if not self._speaking:
-                    self._run_start = None
-                if self._speaking:
-                    if self._silence_start is None:
-                        self._silence_start = t
-                    if t + w - self._silence_start >= self.min_silence_duration - 1e-9:
-                        self._speaking = False
-                        events.append(VADEvent("end", self._silence_start))
-                        self._silence_start = None
-                        self._run_start = None
-        self._processed_until = t0 + n * w
-        return events
+        events = [self._segmenter.feed(frame.timestamp + i * w, w, bool(v)) for i, v in enumerate(power > self._threshold)]
+        return [e for e in events if e is not None]
