@@ -65,6 +65,20 @@ def main() -> None:
             words += len(phrase.split())
         speech = sum(len(c) + 2 * len(pad) for c in clips) / 16000
         print(f"PocketsphinxSTT, {name:13s}: WER {100 * errors / words:5.1f}% ({errors}/{words} words), RTF {decode / speech:.3f}")
+    vad_bench(clips, pad)
+
+
+def vad_bench(clips: list[np.ndarray], pad: np.ndarray) -> None:
+    """Both VADs over the phrases (20 ms frames): cost per frame and how many phrases each found."""
+    from trioagent.providers import EnergyVAD, SileroVAD
+
+    audio = np.concatenate([np.concatenate([pad, c, pad]) for c in clips])
+    frames = [AudioFrame(audio[i : i + 320], 16000, 1, i / 16000) for i in range(0, len(audio) - 319, 320)]
+    for vad in (EnergyVAD(), SileroVAD()):
+        t = time.perf_counter()
+        starts = sum(e.kind == "start" for f in frames for e in vad.process(f))
+        cost = time.perf_counter() - t
+        print(f"{type(vad).__name__:10s}: {cost / len(frames) * 1e6:6.1f} us per 20 ms frame (RTF {cost / (len(audio) / 16000):.4f}); {starts} speech segments in {len(clips)} phrases")
 
 
 if __name__ == "__main__":

@@ -12,3 +12,4 @@ from .base import TurnDetector as TurnDetector
 from .base import VADEvent as VADEvent
 from .turn import SilenceTurnDetector as SilenceTurnDetector
 from .vad import EnergyVAD as EnergyVAD
+from .silero import SileroVAD as SileroVAD

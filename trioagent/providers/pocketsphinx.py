@@ -21,7 +21,7 @@ import trio
 from .._compute import run_blocking
 from ..audio.frame import AudioFrame
 from ..errors import ProviderError
-from .base import TranscriptEvent
+from .base import VAD, TranscriptEvent
 from .vad import EnergyVAD
 
 __all__ = ["PocketsphinxSTT", "DEMO_GRAMMAR"]
@@ -53,7 +53,7 @@ class PocketsphinxSTT:
         interim_interval: seconds of speech between interim transcripts (each decodes only the
             new audio, in a worker thread); None: final transcripts only.
         preroll: seconds of audio before the VAD's onset fed to the decoder.
-        vad: segments speech (default `EnergyVAD()` with the pipeline's defaults).
+        vad: segments speech (default `EnergyVAD()` with the pipeline's defaults; `SileroVAD()` ignores noise).
         grammar: a JSGF grammar to restrict what can be heard (e.g. `DEMO_GRAMMAR`); far more
             accurate inside its domain, blind outside it. None: the general US English model.
     """
@@ -64,7 +64,7 @@ class PocketsphinxSTT:
         self,
         interim_interval: float | None = 0.5,
         preroll: float = 0.2,
-        vad: EnergyVAD | None = None,
+        vad: VAD | None = None,
         grammar: str | None = None,
     ) -> None:
         self.grammar = grammar
