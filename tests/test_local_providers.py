@@ -45,19 +45,25 @@ async def test_espeak_synthesises_speech(autojump_clock: trio.testing.MockClock)
     assert np.abs(audio.astype(np.int32)).max() > 5000
 
 
-async def test_vad_times_on_generated_speech_with_pauses(autojump_clock: trio.testing.MockClock) -> None:
-    rate = 16000
+async def speech_with_pauses(rate: int = 16000) -> tuple[np.ndarray, list[tuple[str, float]]]:
+    """Three eSpeak phrases (trimmed to their first and last loud sample) with a second of
+    silence around each; and the true start and end times."""
     parts = [np.zeros(rate // 2, np.int16)]
     truth = []
     t = 0.5
     for phrase in ["hello there", "what time is it", "the weather in paris is nice"]:
-        x = await spoken(phrase)
+        x = await spoken(phrase, rate)
         loud = np.flatnonzero(np.abs(x.astype(np.int32)) > 0.01 * 32768)
         x = x[loud[0] : loud[-1] + 1]
         truth += [("start", t), ("end", t + len(x) / rate)]
         parts += [x, np.zeros(rate, np.int16)]
         t += len(x) / rate + 1.0
-    audio = np.concatenate(parts)
+    return np.concatenate(parts), truth
+
+
+async def test_vad_times_on_generated_speech_with_pauses(autojump_clock: trio.testing.MockClock) -> None:
+    rate = 16000
+    audio, truth = await speech_with_pauses(rate)
     vad = EnergyVAD()
     events = [e for i in range(0, len(audio) - 320, 320) for e in vad.process(AudioFrame(audio[i : i + 320], rate, 1, i / rate))]
     assert [e.kind for e in events] == [k for k, _ in truth]
@@ -83,9 +89,11 @@ async def test_pocketsphinx_recognises_tts_phrases(autojump_clock: trio.testing.
     audio = np.concatenate([part for p in PHRASES for part in (silence, await spoken(p, voice="en-us+m3", rate=150))] + [silence, silence])
     events = await run_stt(PocketsphinxSTT(grammar=DEMO_GRAMMAR), audio)
     finals = [text for text, final in events if final]
-    assert len(finals) == len(PHRASES)
-    errors = sum(word_errors(r, h) for r, h in zip(PHRASES, finals))
-    wer = errors / sum(len(p.split()) for p in PHRASES)
+    # eSpeak's output varies a little from call to call (its pitch flutter runs on across
+    # utterances, so what ran before matters): two phrases may come out as one segment. Score
+    # the whole word sequence.
+    assert len(finals) >= len(PHRASES) - 1, finals
+    wer = word_errors(" ".join(PHRASES), " ".join(finals)) / sum(len(p.split()) for p in PHRASES)
     assert wer <= 0.25, (wer, finals)  # 14% measured (NOTES.md); the general model is far worse
     assert any(not final for _, final in events)  # interim transcripts while speaking
 

@@ -83,6 +83,16 @@ async def test_browser_conversation_trio_websocket(mock_clock: trio.testing.Mock
     assert len(all_tasks()) == before
 
 
+def until_closed(ws: websockets.sync.client.ClientConnection) -> tuple[int, str]:
+    """Read until the server closes; its close code and reason."""
+    try:
+        while True:
+            ws.recv(timeout=30)
+    except websockets.exceptions.ConnectionClosed as exc:
+        assert exc.rcvd is not None
+        return exc.rcvd.code, exc.rcvd.reason
+
+
 def twilio_call_with_websockets(port: int) -> dict[str, Any]:
     """A whole Twilio call from the `websockets` sync client; runs in a thread. Audio goes out
     as fast as the socket takes it (it carries its own timing); the thread then waits for the
@@ -101,12 +111,7 @@ def twilio_call_with_websockets(port: int) -> dict[str, Any]:
                 samples = ulaw_decode(base64.b64decode(message["media"]["payload"]))
                 voiced += int(np.abs(samples.astype(np.int32)).max() > 3000)
         ws.send(TWILIO_STOP)
-        try:
-            while True:
-                ws.recv(timeout=30)
-        except websockets.exceptions.ConnectionClosed as exc:
-            assert exc.rcvd is not None
-            got["close"] = (exc.rcvd.code, exc.rcvd.reason)
+        got["close"] = until_closed(ws)
     return got
 
 
@@ -133,12 +138,7 @@ def browser_call_with_websockets(port: int) -> dict[str, Any]:
             else:
                 got["json"].append(json.loads(message))
         ws.send(json.dumps({"type": "end"}))
-        try:
-            while True:
-                ws.recv(timeout=30)
-        except websockets.exceptions.ConnectionClosed as exc:
-            assert exc.rcvd is not None
-            got["close"] = (exc.rcvd.code, exc.rcvd.reason)
+        got["close"] = until_closed(ws)
     return got
 
 
@@ -157,11 +157,7 @@ def websockets_close(port: int, path: str, messages: list[str | bytes], headers:
         with websockets.sync.client.connect(f"ws://127.0.0.1:{port}{path}", additional_headers=headers, open_timeout=10) as ws:
             for m in messages:
                 ws.send(m)
-            while True:
-                ws.recv(timeout=30)
-    except websockets.exceptions.ConnectionClosed as exc:
-        assert exc.rcvd is not None
-        return exc.rcvd.code, exc.rcvd.reason
+            return until_closed(ws)
     except websockets.exceptions.InvalidStatus as exc:
         return exc.response.status_code, exc.response.body.decode() if exc.response.body else ""
 

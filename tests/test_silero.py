@@ -16,7 +16,7 @@ from trioagent.providers import EnergyVAD, SileroVAD
 from trioagent.testing import silence
 
 from .kit import make_session
-from .test_local_providers import spoken
+from .test_local_providers import speech_with_pauses, spoken
 
 RATE = 16000
 
@@ -41,15 +41,8 @@ def noises(seconds: float = 3.0) -> dict[str, np.ndarray]:
 
 
 async def test_speech_with_pauses(autojump_clock: trio.testing.MockClock) -> None:
-    parts, truth, t = [np.zeros(RATE // 2, np.int16)], [], 0.5
-    for phrase in ["hello there", "what time is it", "the weather in paris is nice"]:
-        x = await spoken(phrase)
-        loud = np.flatnonzero(np.abs(x.astype(np.int32)) > 0.01 * 32768)
-        x = x[loud[0] : loud[-1] + 1]
-        truth += [("start", t), ("end", t + len(x) / RATE)]
-        parts += [x, np.zeros(RATE, np.int16)]
-        t += len(x) / RATE + 1.0
-    events = run_vad(SileroVAD(), np.concatenate(parts))
+    audio, truth = await speech_with_pauses(RATE)
+    events = run_vad(SileroVAD(), audio)
     assert [k for k, _ in events] == [k for k, _ in truth]
     for (_, got), (_, expected) in zip(events, truth):
         assert -0.032 <= got - expected <= 0.096  # 32 ms windows; the model's score lags by up to two
