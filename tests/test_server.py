@@ -14,9 +14,10 @@ import trio
 import trio.testing
 import trio_websocket
 
+from trioagent import Agent, CascadingPipeline, ProviderError
 from trioagent.audio import ulaw_decode
 from trioagent.auth import mint_token
-from trioagent.testing import silence, speech
+from trioagent.testing import ScriptedLLM, ScriptedSTT, ToneTTS, silence, speech
 from trioagent.transports import Transport
 from trioagent.transports.websocket import TwilioTransport
 
@@ -405,3 +406,47 @@ async def test_interrupted_text_is_what_the_listener_heard(autojump_clock: trio.
     assert prompt.startswith("word word") and LONG.startswith(delayed)
     # 24 words, 119 characters over 6 s: 0.3 s less heard is about 6 characters less said
     assert 4 <= len(prompt) - len(delayed) <= 8, (prompt, delayed)
+
+
+async def test_a_failing_agent_factory_closes_that_connection_only(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    from .netkit import factory
+
+    calls = 0
+
+    def flaky() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("the STT service key is missing")
+        return factory()
+
+    server, listener = await start_memory_server(nursery)
+    server.factory = flaky
+    assert await close_reason(listener, "/ws", [hello()]) == (1011, "the agent could not start")
+    assert "the STT service key is missing" in caplog.text
+    assert [m["text"] for m in (await browser_conversation(listener)).of("transcript")] == ["hello agent"]
+    assert server.refused == {"factory": 1} and server.active == 0
+
+
+class DyingSTT(ScriptedSTT):
+    """Hears one turn, then its stream dies (a provider whose connection broke)."""
+
+    async def run(self, audio: Any, events: Any) -> None:
+        async with audio, events:
+            async for frame in audio:
+                if frame.timestamp >= 1.0:
+                    raise ProviderError("the STT stream broke", provider="DyingSTT")
+
+
+async def test_a_provider_failure_ends_that_session_with_1011(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery)
+    server.factory = lambda: (Agent(instructions="Test."), CascadingPipeline(stt=DyingSTT([]), llm=ScriptedLLM([]), tts=ToneTTS()))
+    async with trio.open_nursery() as client_side:
+        ws = await open_ws(client_side, listener, "/ws")
+        client = Client(ws)
+        await ws.send_message(hello())
+        client_side.start_soon(client.read)
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await client.send_audio(silence(2.0))  # the server closes at 1.0 s
+    assert client.closed is not None and (client.closed.code, client.closed.reason) == (1011, "the agent failed")
+    assert server.refused == {"agent_failed": 1} and server.active == 0

@@ -47,7 +47,7 @@ AgentFactory = Callable[[], "tuple[Agent, Pipeline] | Awaitable[tuple[Agent, Pip
 """Makes the agent and pipeline of one new session (sync or async)."""
 
 # Close codes (RFC 6455 section 7.4.1).
-NORMAL, GOING_AWAY, POLICY, TOO_BIG, TRY_LATER = 1000, 1001, 1008, 1009, 1013  # (1003 and 1007: ProtocolError.close_code)
+NORMAL, GOING_AWAY, POLICY, TOO_BIG, INTERNAL_ERROR, TRY_LATER = 1000, 1001, 1008, 1009, 1011, 1013  # 1003, 1007: ProtocolError
 
 
 class _Replay(trio.abc.Stream):
@@ -296,8 +296,14 @@ class Server:
         await self._run_session(transport)
 
     async def _run_session(self, transport: _WebSocketTransport, ready: str | None = None) -> None:
-        made = self.factory()
-        agent, pipeline = await made if inspect.isawaitable(made) else made
+        try:
+            made = self.factory()
+            agent, pipeline = await made if inspect.isawaitable(made) else made
+        except Exception:
+            _log.exception("the agent factory failed")
+            self._refuse("factory")
+            await transport.ws.aclose(INTERNAL_ERROR, "the agent could not start")
+            return
         clock = min(self._clocks, key=self._clocks.__getitem__)
         session = AgentSession(agent, pipeline, transport=transport, tick_clock=clock)
         if isinstance(transport, BrowserTransport):
@@ -335,7 +341,10 @@ class Server:
             self._refuse("too_big")
         if failure is not None:
             raise failure
-        if self._shutdown.is_set() and not transport.hung_up:
+        if session.failure is not None:  # logged with its traceback by the session
+            self._refuse("agent_failed")
+            await transport.ws.aclose(INTERNAL_ERROR, "the agent failed")
+        elif self._shutdown.is_set() and not transport.hung_up:
             await transport.ws.aclose(GOING_AWAY, "server shutting down")
         else:
             await transport.ws.aclose(NORMAL, "session ended")

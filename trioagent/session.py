@@ -91,6 +91,8 @@ class AgentSession(EventEmitter):
         self.current_utterance: UtteranceHandle | None = None
         self.metrics: list[TurnMetrics] = []
         """Every turn's metrics, in order."""
+        self.failure: Exception | None = None
+        """What ended the session, if its pipeline failed (a provider's stream died)."""
         agent.session = self
         self._agent_state = AgentState.IDLE
         self._user_state = UserState.IDLE
@@ -244,10 +246,11 @@ class AgentSession(EventEmitter):
     async def _run_pipeline(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await self.pipeline.run(self, task_status=task_status)
-        except Exception:
+        except Exception as exc:
             # A provider's stream failed (an STT that died, say): this session ends cleanly;
             # nothing outside it is touched.
             _log.exception("the pipeline failed; closing the session")
+            self.failure = exc
             await self.close()
             return
         # The input has ended (the caller hung up, the file is over).
