@@ -175,3 +175,11 @@ def test_tokens() -> None:
 def test_token_fuzz(text: str) -> None:
     with pytest.raises(TokenError):
         verify_token(text, "s3cret")
+
+
+def test_close_reasons_fit_a_control_frame() -> None:
+    from trioagent.server import _reason
+
+    assert _reason("short") == "short"
+    long = _reason("é" * 200)  # two bytes each: the cut must not split one
+    assert len(long.encode()) <= 123 and long.endswith("...") and "\ufffd" not in long

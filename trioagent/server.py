@@ -351,8 +351,10 @@ class Server:
 
 
 def _reason(exc: object) -> str:
-    text = str(exc)
-    return text if len(text.encode()) <= 120 else text[:117] + "..."
+    """A close reason fits in 123 bytes of UTF-8 (RFC 6455 5.5: control frames carry at most
+    125 bytes, two of them the code)."""
+    data = str(exc).encode()
+    return data.decode() if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
 
 async def serve(
