@@ -450,3 +450,16 @@ async def test_a_provider_failure_ends_that_session_with_1011(autojump_clock: tr
             await client.send_audio(silence(2.0))  # the server closes at 1.0 s
     assert client.closed is not None and (client.closed.code, client.closed.reason) == (1011, "the agent failed")
     assert server.refused == {"agent_failed": 1} and server.active == 0
+
+
+async def test_marks_a_client_never_echoes_do_not_pile_up(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery)
+    ws = await open_ws(nursery, listener, "/ws")
+    client = Client(ws)
+    await ws.send_message(hello())
+    nursery.start_soon(client.read)
+    await client.send_audio(silence(30.0))  # 150 marks sent, none echoed
+    transport = server.transports[0]
+    assert len(client.of("mark")) == 150 and len(transport._marks_pending) == 64
+    assert transport.unplayed() == 0.0  # nothing known: audio counts as heard when sent
+    await ws.aclose()

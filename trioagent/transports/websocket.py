@@ -31,6 +31,8 @@ __all__ = ["BrowserTransport", "TwilioTransport"]
 
 _log = logging.getLogger("trioagent.transports.websocket")
 
+_MAX_PENDING_MARKS = 64  # 12.8 s of audio at one mark per 200 ms
+
 
 class _WebSocketTransport:
     """What both protocols share: the input channel, the send queue and its writer."""
@@ -66,7 +68,7 @@ class _WebSocketTransport:
         self._echo_at = 0.0  # when that echo came
         self._sent_until = -math.inf  # end of the last frame sent
         self._frames_out = 0
-        self._marks_pending: set[str] = set()
+        self._marks_pending: dict[str, None] = {}  # oldest first; a peer may never echo (optional)
         self._next_start = -math.inf
         self._remainder = np.zeros(0, np.int16)
         self._closed = False
@@ -95,7 +97,9 @@ class _WebSocketTransport:
         self._frames_out += 1
         if self.mark_every and self._frames_out % self.mark_every == 0:
             name = f"t={frame.end_time:.3f}"
-            self._marks_pending.add(name)
+            self._marks_pending[name] = None
+            if len(self._marks_pending) > _MAX_PENDING_MARKS:
+                del self._marks_pending[next(iter(self._marks_pending))]
             self._enqueue(self._mark_message(name), audio=True)  # dropped by clear() like the audio before it
 
     def unplayed(self) -> float:
@@ -109,7 +113,7 @@ class _WebSocketTransport:
     def _on_mark(self, name: str) -> None:
         if name not in self._marks_pending:
             return  # a mark we did not send, or one for audio that clear() dropped
-        self._marks_pending.discard(name)
+        del self._marks_pending[name]
         self.played_until = float(name[2:])
         self._echo_at = trio.current_time()
         self.marks_echoed += 1
