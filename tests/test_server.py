@@ -175,6 +175,7 @@ BAD_INPUT: list[tuple[str, list[Any], int, str]] = [
     ("/ws", [hello(), b"\x00\x01\x02"], 1007, "not whole 16-bit samples"),
     ("/ws", [hello(), b"\x00" * 40000], 1007, "longer than 0.5 s"),
     ("/ws", [hello(), b"\x00" * 70000], 1009, ""),
+    ("/ws", [hello()] + [b"\x00" * 640] * 300, 1008, "audio arrives faster than real time"),
     ("/ws", [hello(token="forged.token")], 1008, "unauthorized: bad token"),
     ("/ws", [hello(token=mint_token(SECRET, ttl=-5))], 1008, "unauthorized: token expired"),
     ("/ws", [hello(token=mint_token("another-secret"))], 1008, "unauthorized: bad token signature"),
@@ -204,8 +205,8 @@ async def test_bad_input_closes_only_that_connection(autojump_clock: trio.testin
     (client,) = healthy  # the session next door carried on
     assert [m["text"] for m in client.of("transcript")] == ["hello agent"]
     assert client.closed is not None and client.closed.code == 1000
-    assert server.active == 0 and server.sessions_started == 7  # the good one and six that failed after their start
-    assert server.refused == {"protocol": 14, "token": 5, "too_big": 1}
+    assert server.active == 0 and server.sessions_started == 8  # the good one and seven that failed after their start
+    assert server.refused == {"protocol": 15, "token": 5, "too_big": 1}
 
 
 async def test_hello_timeout(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:

@@ -48,8 +48,10 @@ class _WebSocketTransport:
         max_frame_duration: float = 0.5,
         frame_duration: float = 0.02,
         mark_every: int = 10,
+        max_ahead: float = 5.0,
     ) -> None:
         self.ws = ws
+        self.max_ahead = max_ahead  # seconds of audio a peer may send ahead of real time (bursts)
         self.session: AgentSession | None = None
         self.max_frame_duration = max_frame_duration
         self._in_send, self._in_receive = trio.open_memory_channel[AudioFrame](math.inf)
@@ -153,7 +155,10 @@ class _WebSocketTransport:
         # Audio is a continuous stream even when the network bunches it up: it starts where
         # the audio before ended, unless it came later than that (a gap: re-anchor to the clock).
         pending = len(self._remainder) / self.input_sample_rate
-        start = max(trio.current_time() - duration - pending, self._next_start)
+        now = trio.current_time()
+        start = max(now - duration - pending, self._next_start)
+        if start + duration - now > self.max_ahead:
+            raise ProtocolError(f"audio arrives faster than real time (over {self.max_ahead:.0f} s ahead)", close_code=1008)
         data = np.concatenate([self._remainder, np.asarray(samples, np.int16)]) if len(self._remainder) else np.asarray(samples, np.int16)
         step = round(self.input_sample_rate * self.frame_duration)
         whole = len(data) - len(data) % step
