@@ -144,7 +144,7 @@ def test_browser_fuzz(message: Any) -> None:
         if isinstance(parsed, bp.Hello):
             assert parsed.sample_rate in bp.RATES and parsed.output_sample_rate in bp.RATES
         else:
-            assert parsed.type in ("interrupt", "end")
+            assert parsed.type in ("interrupt", "end", "mark") and isinstance(parsed.name, str)
 
 
 def test_browser_hello() -> None:
