@@ -97,6 +97,15 @@ class Client:
             await self.ws.send_message(encode(frame) if encode else frame.to_pcm16())
 
 
+async def browser_client(nursery: trio.Nursery, listener: MemoryListener) -> tuple[trio_websocket.WebSocketConnection, Client]:
+    """A browser-protocol connection that has sent its hello and records what comes back."""
+    ws = await open_ws(nursery, listener, "/ws")
+    client = Client(ws)
+    await ws.send_message(hello())
+    nursery.start_soon(client.read)
+    return ws, client
+
+
 def hello(token: str | None = None, **extra: Any) -> str:
     fields = {"type": "hello", "token": mint_token(SECRET) if token is None else token, "sample_rate": 16000, "output_sample_rate": 24000}
     return json.dumps({**fields, **extra})

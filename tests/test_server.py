@@ -23,7 +23,8 @@ from trioagent.transports.websocket import TwilioTransport
 
 from .kit import all_tasks
 from .netkit import (
-    LONG, SECRET, TWILIO_CONNECTED, TWILIO_STOP, Client, MemoryListener, hello, open_ws, start_memory_server, twilio_media, twilio_start,
+    LONG, SECRET, TWILIO_CONNECTED, TWILIO_STOP, Client, MemoryListener, browser_client, hello, open_ws, start_memory_server,
+    twilio_media, twilio_start,
 )
 
 
@@ -67,10 +68,7 @@ async def test_browser_conversation(autojump_clock: trio.testing.MockClock) -> N
 
 async def test_browser_interrupt_message(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
     server, listener = await start_memory_server(nursery)
-    ws = await open_ws(nursery, listener, "/ws")
-    client = Client(ws)
-    await ws.send_message(hello())
-    nursery.start_soon(client.read)
+    ws, client = await browser_client(nursery, listener)
     await client.send_audio(speech(1.0) + silence(1.0))  # the answer starts at 1.5 s
     await ws.send_message(json.dumps({"type": "interrupt"}))
     sent = trio.current_time()
@@ -298,10 +296,7 @@ async def test_bunched_frames_keep_their_audio_time(autojump_clock: trio.testing
     stream (each frame starts where the one before ended), so the turn ends as if the frames had
     come one by one, shifted only by how late the first burst was (80 ms)."""
     server, listener = await start_memory_server(nursery)
-    ws = await open_ws(nursery, listener, "/ws")
-    client = Client(ws)
-    await ws.send_message(hello())
-    nursery.start_soon(client.read)
+    ws, client = await browser_client(nursery, listener)
     t0 = trio.current_time()
     frames = speech(1.0) + silence(2.0)
     for i in range(0, len(frames), 5):
@@ -455,10 +450,7 @@ async def test_a_provider_failure_ends_that_session_with_1011(autojump_clock: tr
 
 async def test_marks_a_client_never_echoes_do_not_pile_up(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
     server, listener = await start_memory_server(nursery)
-    ws = await open_ws(nursery, listener, "/ws")
-    client = Client(ws)
-    await ws.send_message(hello())
-    nursery.start_soon(client.read)
+    ws, client = await browser_client(nursery, listener)
     await client.send_audio(silence(30.0))  # 150 marks sent, none echoed
     transport = server.transports[0]
     assert len(client.of("mark")) == 150 and len(transport._marks_pending) == 64

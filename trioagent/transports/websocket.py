@@ -56,6 +56,7 @@ class _WebSocketTransport:
         self.max_frame_duration = max_frame_duration
         self._in_send, self._in_receive = trio.open_memory_channel[AudioFrame](math.inf)
         self._queue: collections.deque[tuple[bool, str | bytes]] = collections.deque()  # (is_audio, message)
+        self._queued_audio = 0  # audio (and mark) messages in the queue
         self._max_queued = max_queued
         self._wake = trio.Event()
         self._space = trio.Event()
@@ -81,13 +82,14 @@ class _WebSocketTransport:
 
     def _enqueue(self, message: str | bytes, audio: bool) -> None:
         self._queue.append((audio, message))
+        self._queued_audio += audio
         self._wake.set()
 
     async def _send_audio_message(self, message: str | bytes) -> None:
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        while sum(1 for audio, _ in self._queue if audio) >= self._max_queued and not self._closed:
+        while self._queued_audio >= self._max_queued and not self._closed:
             self._space = trio.Event() if self._space.is_set() else self._space
             await self._space.wait()
         self._enqueue(message, audio=True)
@@ -134,6 +136,7 @@ class _WebSocketTransport:
         kept = [(a, m) for a, m in self._queue if not a]
         self._queue.clear()
         self._queue.extend(kept)
+        self._queued_audio = 0
         self._space.set()
         self._marks_pending.clear()  # what was sent before is dropped by the peer: no echoes count
 
@@ -142,7 +145,8 @@ class _WebSocketTransport:
             while not self._queue:
                 self._wake = trio.Event()
                 await self._wake.wait()
-            _, message = self._queue.popleft()
+            audio, message = self._queue.popleft()
+            self._queued_audio -= audio
             self._space.set()
             await self.ws.send_message(message)
 
