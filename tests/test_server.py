@@ -15,7 +15,7 @@ import trio.testing
 import trio_websocket
 
 from trioagent import Agent, CascadingPipeline, ProviderError
-from trioagent.audio import ulaw_decode
+from trioagent.audio import AudioFrame, ulaw_decode
 from trioagent.auth import mint_token
 from trioagent.testing import ScriptedLLM, ScriptedSTT, ToneTTS, silence, speech
 from trioagent.transports import Transport
@@ -456,3 +456,37 @@ async def test_marks_a_client_never_echoes_do_not_pile_up(autojump_clock: trio.t
     assert len(client.of("mark")) == 150 and len(transport._marks_pending) == 64
     assert transport.unplayed() == 0.0  # nothing known: audio counts as heard when sent
     await ws.aclose()
+
+
+class StuckSocket:
+    """A WebSocket whose peer stopped reading: sends never complete."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.closed = None
+
+    async def get_message(self) -> Any:
+        await trio.sleep_forever()
+
+    async def send_message(self, message: Any) -> None:
+        self.sent.append(message)
+        await trio.sleep_forever()
+
+
+async def test_a_stuck_peer_applies_back_pressure_until_clear(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    from trioagent._proto.browser import Hello
+    from trioagent.transports.websocket import BrowserTransport
+
+    transport = BrowserTransport(StuckSocket(), Hello(16000, 24000, ""), max_queued=4, mark_every=0)  # type: ignore[arg-type]
+    await nursery.start(transport.run)
+    frame = AudioFrame(np.zeros(480, np.int16), 24000)
+    for _ in range(5):  # one taken by the (stuck) writer, four queued
+        with trio.fail_after(1):
+            await transport.send_audio(frame)
+    with trio.move_on_after(1) as blocked:
+        await transport.send_audio(frame)
+    assert blocked.cancelled_caught  # the mixer pump waits instead of queueing without end
+    transport.clear()  # barge-in: the queued audio goes
+    with trio.fail_after(1):
+        for _ in range(4):
+            await transport.send_audio(frame)
