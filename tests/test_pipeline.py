@@ -80,6 +80,7 @@ async def test_false_interruption_resumes_after_timeout(autojump_clock: trio.tes
         handle = await session.say(LONG)
         await trio.sleep_until(1.0)
         await transport.send_user_audio(speech(1.0))
+        await transport.send_user_audio(silence(10.0))
         await handle
         assert not handle.interrupted
     first, second = transport.voice_segments()
@@ -118,7 +119,8 @@ async def test_stale_reply_never_plays_over_the_user(autojump_clock: trio.testin
         await transport.send_user_audio(silence(2.0))
     assert tts.texts == ["Fresh answer."]
     assert transport.voice_segments() == [(about(3.4), about(3.9))]
-    assert [m.content for m in llm.calls[1].messages if m.role is ChatRole.USER] == ["first part", "second part"]
+    # The unanswered question and the new words are one turn: one user message, one answer.
+    assert [m.content for m in llm.calls[1].messages if m.role is ChatRole.USER] == ["first part second part"]
     assert [m.content for m in session.agent.chat_context.messages if m.role is ChatRole.ASSISTANT] == ["Fresh answer."]
 
 

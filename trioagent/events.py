@@ -1,15 +1,73 @@
-"""A small event emitter whose failing callbacks are logged, never fatal."""
+"""A small event emitter whose failing callbacks are logged, never fatal; and the typed payloads
+of the session's events."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
-__all__ = ["EventEmitter"]
+from .chat import ChatItem, FunctionCall, FunctionCallOutput
+
+if TYPE_CHECKING:
+    from .scheduler import SpeechSource
+    from .utterance import UtteranceHandle
+
+__all__ = [
+    "EventEmitter",
+    "UserInputTranscribed",
+    "ConversationItemAdded",
+    "FunctionToolsExecuted",
+    "SpeechCreated",
+    "CloseEvent",
+]
+
+
+@attrs.frozen
+class UserInputTranscribed:
+    """`user_input_transcribed`: the STT's interim or final text of the user's current speech."""
+
+    transcript: str
+    is_final: bool
+    time: float
+    """Session time the transcript was made."""
+
+
+@attrs.frozen
+class ConversationItemAdded:
+    """`conversation_item_added`: a chat item as it is committed: a user message when its turn is
+    taken (or, for speech that did not take a turn, when it ends), an assistant message when its
+    utterance has ended (holding what was heard, `interrupted` if cut), a backchannel too."""
+
+    item: ChatItem
+
+
+@attrs.frozen
+class FunctionToolsExecuted:
+    """`function_tools_executed`: the tool calls of one LLM step and their outputs, in order."""
+
+    calls: tuple[FunctionCall, ...]
+    outputs: tuple[FunctionCallOutput, ...]
+
+
+@attrs.frozen
+class SpeechCreated:
+    """`speech_created`: an utterance entered the session's speech queue."""
+
+    handle: UtteranceHandle
+    source: SpeechSource
+
+
+@attrs.frozen
+class CloseEvent:
+    """`close`: the session closed (emitted once). `error` is what ended it, if it failed."""
+
+    reason: str
+    error: BaseException | None = None
 
 _log = logging.getLogger("trioagent.events")
 

@@ -29,11 +29,20 @@ class TurnMetrics:
     end_of_turn_at: float | None = None
     llm_started_at: float | None = None
     llm_first_token_at: float | None = None
+    llm_ended_at: float | None = None
+    """When the last LLM step's stream ended."""
+    prompt_tokens: int | None = None
+    """Summed over the turn's LLM steps, when the LLM reports usage."""
+    completion_tokens: int | None = None
     tts_started_at: float | None = None
     tts_first_byte_at: float | None = None
+    tts_audio_seconds: float = 0.0
+    """Seconds of audio the TTS made for the turn."""
     first_audio_at: float | None = None
     interrupted: bool = False
     tool_calls: int = 0
+    tool_seconds: float = 0.0
+    """Time spent running tools (session clock)."""
 
     @property
     def end_of_utterance_delay(self) -> float | None:
@@ -48,6 +57,11 @@ class TurnMetrics:
         return _diff(self.llm_first_token_at, self.llm_started_at)
 
     @property
+    def llm_duration(self) -> float | None:
+        """From the first LLM call to the end of the last one (tools included)."""
+        return _diff(self.llm_ended_at, self.llm_started_at)
+
+    @property
     def tts_ttfb(self) -> float | None:
         return _diff(self.tts_first_byte_at, self.tts_started_at)
 
@@ -57,6 +71,6 @@ class TurnMetrics:
 
     def as_dict(self) -> dict[str, object]:
         d: dict[str, object] = attrs.asdict(self)
-        for name in ("end_of_utterance_delay", "stt_final_latency", "llm_ttft", "tts_ttfb", "e2e_latency"):
+        for name in ("end_of_utterance_delay", "stt_final_latency", "llm_ttft", "llm_duration", "tts_ttfb", "e2e_latency"):
             d[name] = getattr(self, name)
         return d

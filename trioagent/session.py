@@ -2,10 +2,15 @@
 
 How this works: entering ``async with AgentSession(...)`` opens the outer nursery and starts one
 task, `_run_tasks`, which opens the session's own (inner) nursery. Every task of the session
-lives there: the mixer pump and output forwarder, the pipeline, the wake-up timer, audio
-players, and one task per utterance running inside its handle's cancel scope. `close()` runs the
-cleanup steps under a shielded, bounded scope, cancels the inner nursery and waits for it to
-finish, so after `close()` returns nothing the session started is running.
+lives there: the mixer pump, the pipeline, the speech scheduler's runner (which runs each
+utterance inside its handle's cancel scope), the wake-up timer and the audio players. `close()`
+runs the cleanup steps under a shielded, bounded scope, cancels the inner nursery and waits for
+it to finish, so after `close()` returns nothing the session started is running.
+
+Every `say()`, `reply()` and user turn becomes an `UtteranceHandle` on the session's
+`SpeechScheduler` (see `trioagent.scheduler`): one plays at a time. The agent and user states are
+derived in one place (`_update_states`) from the scheduler and from whether the user is speaking,
+after every change to either; the wake-up timer's pauses are kept there too.
 
 The wake-up timer is one task looping on a cancel scope whose deadline is moved: reset = deadline
 ``now + wake_up``; pause = deadline ``inf``. It fires once per arming.
@@ -19,25 +24,30 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
 from .agent import Agent
 from .audio.frame import AudioFrame
 from .audio.mixer import Mixer, TickClock
 from .audio.player import BackgroundAudioHandlerConfig, BackgroundAudioPlayer
-from .chat import ChatRole
+from .chat import ChatItem, ChatMessage, ChatRole, FunctionCall, FunctionCallOutput
 from .errors import SessionClosed
-from .events import EventEmitter
+from .events import CloseEvent, ConversationItemAdded, EventEmitter, SpeechCreated, UserInputTranscribed
 from .flow import ConversationFlow
 from .metrics import TurnMetrics
 from .pipeline.base import Pipeline
+from .scheduler import SpeechScheduler, SpeechSource, UserSpeechEffect, UtteranceState, running_utterance
 from .states import AgentState, UserState
-from .transports.base import NullTransport, Transport
-from .utterance import UtteranceHandle
+from .transports.base import NullTransport, PlayoutTracking, Transport
+from .utterance import SpeechOutlet, UserTurn, Utterance, UtteranceHandle
 
 __all__ = ["AgentSession", "AgentState", "UserState"]
 
 _log = logging.getLogger("trioagent.session")
+
+_THINKING_STATES = (UtteranceState.RUNNING, UtteranceState.HELD)
+_REPLY_SOURCES = (SpeechSource.REPLY, SpeechSource.USER_TURN)
 
 
 class AgentSession(EventEmitter):
@@ -57,9 +67,33 @@ class AgentSession(EventEmitter):
         close_on_input_end: close once the transport's input ends and the agent has finished.
         tick_clock: a clock shared by many sessions of one process (see `TickClock`); by
             default the session's mixer keeps its own time.
+
+    Events (`session.on(name, callback)`; payloads in `trioagent.events`):
+        agent_state_changed, user_state_changed: ``{"state": "..."}`` (seed form).
+        user_input_transcribed: `UserInputTranscribed` (interim and final).
+        conversation_item_added: `ConversationItemAdded`, every chat item as it is committed.
+        function_tools_executed: `FunctionToolsExecuted`, the calls and outputs of one LLM step.
+        speech_created: `SpeechCreated`, an utterance entered the queue.
+        metrics_collected: `TurnMetrics` of each reply.
+        on_speech_in: ``{"text", "start", "end"}`` of each user turn; on_speech_out:
+            ``{"text", "utterance_id"}`` when an utterance starts to be heard.
+        close: `CloseEvent`, once.
     """
 
-    event_names = frozenset({"user_state_changed", "agent_state_changed", "on_speech_in", "on_speech_out", "metrics_collected"})
+    event_names = frozenset(
+        {
+            "user_state_changed",
+            "agent_state_changed",
+            "on_speech_in",
+            "on_speech_out",
+            "metrics_collected",
+            "user_input_transcribed",
+            "conversation_item_added",
+            "function_tools_executed",
+            "speech_created",
+            "close",
+        }
+    )
 
     def __init__(
         self,
@@ -88,20 +122,37 @@ class AgentSession(EventEmitter):
         self.tick_clock = tick_clock
         self.on_wake_up: Callable[[], Any] | None = None
         self.mixer = Mixer(sample_rate=self.transport.output_sample_rate)
-        self.current_utterance: UtteranceHandle | None = None
         self.metrics: list[TurnMetrics] = []
         """Every turn's metrics, in order."""
         self.failure: Exception | None = None
         """What ended the session, if its pipeline failed (a provider's stream died)."""
         agent.session = self
-        self._agent_state = AgentState.IDLE
+        self._scheduler = SpeechScheduler(
+            self._produce,
+            on_change=self._update_states,
+            on_interrupted=self._on_interrupted,
+            on_finished=self._on_finished,
+        )
+        self._outlet = SpeechOutlet(
+            mixer=self.mixer,
+            chat_context=lambda: self.agent.chat_context,
+            on_first_audio=self._on_first_audio,
+            on_item=self._item_added,
+        )
+        self._host = _Host(self)
+        self._agent_state = AgentState.IDLE  # (as in the seed, until started)
         self._user_state = UserState.IDLE
-        self._reply_in_progress = False
+        self._starting = True
+        self._user_speaking = False
+        self._user_speech_end: float | None = None
+        self._last_speech_end: float | None = None
+        self._handoff: Agent | None = None
         self._nursery: trio.Nursery | None = None
         self._tasks_task: trio.lowlevel.Task | None = None
         self._outer_cm: Any = None
         self._started = False
         self._close_started = False
+        self._close_reason = "closed"
         self._closed = trio.Event()
         self._tasks_done = trio.Event()
         self._wake_deadline = math.inf
@@ -134,19 +185,63 @@ class AgentSession(EventEmitter):
         """True from the moment `close()` starts."""
         return self._close_started
 
-    def _emit_agent_state(self, state: AgentState, data: dict[str, Any] | None = None) -> None:
-        if state != self._agent_state:
-            self._agent_state = state
-            self.emit("agent_state_changed", {"state": state.value, **(data or {})})
+    @property
+    def current_utterance(self) -> UtteranceHandle | None:
+        """The utterance being prepared or heard; once none is, the last one that ran."""
+        return self._scheduler.current or self._scheduler.queue.last
 
-    def _emit_user_state(self, state: UserState, data: dict[str, Any] | None = None) -> None:
-        if state != self._user_state:
-            self._user_state = state
-            self.emit("user_state_changed", {"state": state.value, **(data or {})})
+    @property
+    def speech_queue(self) -> tuple[UtteranceHandle, ...]:
+        """The utterances waiting their turn, in order (the current one not included)."""
+        return self._scheduler.queue.waiting
+
+    def _derive_agent_state(self) -> AgentState:
+        if self._close_started:
+            return AgentState.CLOSING
+        if self._starting:
+            return AgentState.STARTING
+        current = self._scheduler.current
+        if current is not None:
+            if current.state is UtteranceState.PLAYING:
+                return AgentState.SPEAKING
+            if current.state in _THINKING_STATES and current.source in _REPLY_SOURCES and not self._user_speaking:
+                return AgentState.THINKING
+        if self._user_speaking or (current is not None and current.state is UtteranceState.PAUSED):
+            return AgentState.LISTENING
+        return AgentState.IDLE
+
+    def _update_states(self) -> None:
+        """The one place the agent and user states change (and the wake-up timer's pauses)."""
+        agent = self._derive_agent_state()
+        if agent is not self._agent_state:
+            self._agent_state = agent
+            self.emit("agent_state_changed", {"state": agent.value})
+        if self._user_speaking:
+            user = UserState.SPEAKING
+        elif agent is AgentState.SPEAKING:
+            user = UserState.LISTENING
+        else:
+            user = UserState.IDLE
+        if user is not self._user_state:
+            self._user_state = user
+            self.emit("user_state_changed", {"state": user.value})
+        if not self._scheduler.queue.idle:
+            self._wake_pause("agent")
+        elif "agent" in self._wake_pauses:
+            # Re-arm from the exact tick the audio finished on, not from when a task woke up to
+            # notice (the pump wakes a hair after each tick).
+            self._wake_resume("agent", since=self._last_speech_end)
+        if self._user_speaking:
+            self._wake_pause("user")
+        elif "user" in self._wake_pauses:
+            self._wake_resume("user", since=self._user_speech_end)
 
     def _emit_metrics(self, metrics: TurnMetrics) -> None:
         self.metrics.append(metrics)
         self.emit("metrics_collected", metrics)
+
+    def _item_added(self, item: ChatItem) -> None:
+        self.emit("conversation_item_added", ConversationItemAdded(item))
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> AgentSession:
@@ -211,20 +306,20 @@ class AgentSession(EventEmitter):
 
     async def _start(self) -> None:
         nursery = self._require_nursery()
-        self._emit_agent_state(AgentState.STARTING)
+        self._update_states()
         await self.agent.initialize_mcp()
-        self.pipeline.set_agent(self.agent)
-        self.pipeline.set_conversation_flow(self.conversation_flow)
+        self.pipeline.attach(self._host)
         self._hook_agent(self.agent)
         await nursery.start(self._pump_output)
+        await nursery.start(self._scheduler.run)
         await nursery.start(self._run_pipeline)
         if self.background_audio_config is not None:
             await self.play_background_audio(self.background_audio_config, override_thinking=False)
         await self.agent.on_enter()
         if self.wake_up is not None:
             await nursery.start(self._wake_up_timer)
-        if self._agent_state is AgentState.STARTING:
-            self._emit_agent_state(AgentState.IDLE)
+        self._starting = False
+        self._update_states()
 
     def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None or self._close_started:
@@ -245,19 +340,18 @@ class AgentSession(EventEmitter):
 
     async def _run_pipeline(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await self.pipeline.run(self, task_status=task_status)
+            await self.pipeline.run(task_status=task_status)
         except Exception as exc:
             # A provider's stream failed (an STT that died, say): this session ends cleanly;
             # nothing outside it is touched.
             _log.exception("the pipeline failed; closing the session")
             self.failure = exc
-            await self.close()
+            await self._close("pipeline failed", exc)
             return
         # The input has ended (the caller hung up, the file is over).
         if self.close_on_input_end:
-            while self.current_utterance is not None and not self.current_utterance.done():
-                await self.current_utterance.wait()
-            await self.close()
+            await self._scheduler.wait_idle()
+            await self._close("input ended")
 
     async def close(self) -> None:
         """Close the session: interrupt, run every cleanup step, stop every task.
@@ -265,18 +359,22 @@ class AgentSession(EventEmitter):
         Idempotent. Each step runs even when an earlier one raised (the error is logged); all the
         steps together are bounded by `close_grace` seconds, even when a provider hangs. When
         called from outside the session, returns after every session task has finished.
+        Utterances still queued end interrupted; the `close` event is emitted once.
         """
+        await self._close("closed")
+
+    async def _close(self, reason: str, error: BaseException | None = None) -> None:
         inside = self._called_from_inside()
         if self._close_started:
             if not inside:
                 await self._closed.wait()
             return
         self._close_started = True
-        self._emit_agent_state(AgentState.CLOSING)
+        self._close_reason = reason
+        self._update_states()
         deadline = trio.current_time() + self.close_grace
         with trio.CancelScope(shield=True):
-            if self.current_utterance is not None:
-                self.current_utterance.interrupt("session closing")
+            self._scheduler.close()
             self._wake_pause("closing")
             self._unhook_agent(self.agent)
             steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
@@ -299,12 +397,13 @@ class AgentSession(EventEmitter):
                 if bound.cancelled_caught:
                     _log.warning("close: %s did not finish within the %.1f s grace period", name, self.close_grace)
         if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+            self._nursery.cancel_scope.cancel(reason=f"session closed: {reason}")
             if not inside:
                 with trio.CancelScope(shield=True):
                     await self._tasks_done.wait()
         self.on_wake_up = None
         self._closed.set()
+        self.emit("close", CloseEvent(reason, error))
 
     def _called_from_inside(self) -> bool:
         """Whether the current task is one of this session's own (a tool, a callback...)."""
@@ -318,105 +417,174 @@ class AgentSession(EventEmitter):
 
     async def leave(self) -> None:
         """Hang up the transport, then close."""
-        self._emit_agent_state(AgentState.CLOSING)
+        await self.hangup("left")
+
+    async def hangup(self, reason: str = "hangup") -> None:
+        """End the call through the transport (the phone call or connection ends from our
+        side), then close the session with `reason` (in the `close` event)."""
+        self._update_states()
         with trio.move_on_after(self.close_grace) as scope:
             scope.shield = True
             try:
                 await self.transport.hang_up()
             except Exception:
                 _log.exception("transport.hang_up raised")
-        await self.close()
+        await self._close(reason)
 
     # -- speaking ------------------------------------------------------------------------------
-    async def say(self, message: str) -> UtteranceHandle:
-        """Speak `message`, interrupting whatever the agent is saying. Returns at once with the
-        utterance's handle; ``await handle`` waits for the playout. A checkpoint."""
-        nursery = self._require_nursery()
-        if self.current_utterance is not None and not self.current_utterance.done():
-            self.current_utterance.interrupt("replaced by say()")
-        handle = UtteranceHandle()
+    async def say(self, message: str, interruptible: bool = True, add_to_chat_context: bool = True) -> UtteranceHandle:
+        """Speak `message`. Returns at once with its handle; ``await handle`` waits for the
+        playout. A checkpoint.
+
+        From user code it interrupts the current utterance if that one is interruptible and
+        speaks next (after one that is not). From a tool of the running reply it speaks inside
+        that reply, in order with what the reply has said so far, and the reply goes on.
+
+        Args:
+            interruptible: whether user speech, `say()`, `reply()` and `interrupt()` may cut it
+                (the pipeline's ``allow_interruptions=False`` makes it False).
+            add_to_chat_context: keep it in the agent's chat context (as heard).
+
+        Raises:
+            SessionClosed: the session is not running.
+        """
+        self._require_nursery()
+        running = running_utterance()
+        if running is not None and running.handle._interrupt_hook == self._scheduler.interrupt:
+            inline = running.say_inline(message, add_to_chat_context)
+            if inline is not None:
+                self.emit("speech_created", SpeechCreated(inline, SpeechSource.TOOL))
+                await trio.lowlevel.checkpoint()
+                return inline
+        handle = UtteranceHandle(source=SpeechSource.SAY, interruptible=interruptible and self.pipeline.allow_interruptions)
         handle.text = message
-        self.current_utterance = handle
-        message_item = self.agent.chat_context.add_message(role=ChatRole.ASSISTANT, content=message)
-        handle._chat_message = message_item
-        self._wake_pause("agent")
-        nursery.start_soon(self._run_utterance, handle, self.pipeline.say, message)
+        self._submit(Utterance(handle, self._outlet, text=message, add_to_chat_context=add_to_chat_context))
         await trio.lowlevel.checkpoint()
         return handle
 
-    async def reply(self, instructions: str, wait_for_playback: bool = True) -> UtteranceHandle:
+    async def reply(self, instructions: str, wait_for_playback: bool = True, interruptible: bool = True) -> UtteranceHandle:
         """Answer from the chat context with extra `instructions`.
 
-        A reply while another reply runs returns the running one's handle; an empty
-        `instructions` returns a done handle. With `wait_for_playback`, returns when the answer
-        has played out (or was interrupted). The wake-up timer is paused meanwhile.
+        A reply while another reply (or the answer to a user turn) is queued or running returns
+        that one's handle; an empty `instructions` returns a done handle. Otherwise it
+        interrupts the current interruptible utterance and is answered next. With
+        `wait_for_playback`, returns when the answer has played out (or was interrupted). The
+        wake-up timer is paused meanwhile. A checkpoint.
+
+        Raises:
+            SessionClosed: the session is not running.
         """
         if not instructions:
-            handle = UtteranceHandle("empty_reply")
-            handle._mark_done()
-            return handle
-        if self._reply_in_progress and self.current_utterance is not None:
-            return self.current_utterance
-        handle = self._start_reply(instructions)
-        if wait_for_playback:
+            await trio.lowlevel.checkpoint()
+            return UtteranceHandle.finished("empty_reply")
+        self._require_nursery()
+        pending = self._scheduler.queue.pending_reply()
+        if pending is not None:
+            await trio.lowlevel.checkpoint()
+            return pending
+        handle = UtteranceHandle(source=SpeechSource.REPLY, interruptible=interruptible and self.pipeline.allow_interruptions)
+        self._submit(Utterance(handle, self._outlet, instructions=instructions))
+        running = running_utterance()
+        if wait_for_playback and not (running is not None and running.handle is handle):
             await handle.wait()
         else:
             await trio.lowlevel.checkpoint()
         return handle
 
-    def _start_reply(self, instructions: str | None, user_text: str | None = None, metrics: Any = None) -> UtteranceHandle:
-        """Start a reply (to `instructions`, or to the user's turn `user_text`). Not a checkpoint."""
-        nursery = self._require_nursery()
-        if self.current_utterance is not None and not self.current_utterance.done():
-            self.current_utterance.interrupt("replaced by a new reply")
-        handle = UtteranceHandle()
-        handle._turn_metrics = metrics
-        self.current_utterance = handle
-        self._reply_in_progress = True
-        self._wake_pause("agent")
-        nursery.start_soon(self._run_utterance, handle, self._reply_work, (instructions, user_text))
-        return handle
+    def _submit(self, utterance: Utterance) -> None:
+        self.emit("speech_created", SpeechCreated(utterance.handle, utterance.source))
+        self._scheduler.submit(utterance)
 
-    async def _reply_work(self, args: tuple[str | None, str | None], handle: UtteranceHandle) -> None:
-        instructions, user_text = args
-        await self.pipeline.reply(instructions, handle, user_text=user_text)
+    def _submit_user_turn(self, turn: UserTurn) -> None:
+        if self._close_started:
+            return
+        self.emit("on_speech_in", {"text": turn.text, "start": turn.metrics.user_speech_start, "end": turn.metrics.user_speech_end})
+        waiting = self._scheduler.queue.waiting_user_turn()
+        if waiting is not None:
+            # The user spoke again before the last turn was even started: one turn, one answer.
+            earlier = waiting._utterance.user_turn
+            self._scheduler.interrupt(waiting, force=True, reason="merged into the user's next turn")
+            if earlier is not None:
+                turn = earlier.merge(turn)
+        handle = UtteranceHandle(source=SpeechSource.USER_TURN, interruptible=self.pipeline.allow_interruptions)
+        self._submit(Utterance(handle, self._outlet, user_turn=turn))
 
-    async def _run_utterance(self, handle: UtteranceHandle, work: Callable[[Any, UtteranceHandle], Awaitable[None]], arg: Any) -> None:
+    def interrupt(self, *, force: bool = False) -> None:
+        """Interrupt the agent's current speech if it is interruptible (any, with `force`), and
+        drop output queued in the transport. The next queued utterance then starts. Not a
+        checkpoint."""
+        self._scheduler.interrupt_current(force=force, reason="session.interrupt()")
+
+    def get_context_history(self, include_function_calls: bool = False, include_system_messages: bool = False) -> list[dict[str, Any]]:
+        """The conversation so far as plain dicts, oldest first.
+
+        Messages are ``{"role", "content", "interrupted"}``; with `include_function_calls`,
+        tool calls ``{"type": "function_call", "name", "arguments", "call_id"}`` and their
+        outputs ``{"type": "function_call_output", "name", "call_id", "output", "is_error"}``
+        are included too.
+        """
+        out: list[dict[str, Any]] = []
+        for item in self.agent.chat_context.items:
+            if isinstance(item, ChatMessage):
+                if item.role is ChatRole.SYSTEM and not include_system_messages:
+                    continue
+                out.append({"role": item.role.value, "content": item.content, "interrupted": item.interrupted})
+            elif include_function_calls and isinstance(item, FunctionCall):
+                out.append({"type": "function_call", "name": item.name, "arguments": item.arguments, "call_id": item.call_id})
+            elif include_function_calls and isinstance(item, FunctionCallOutput):
+                out.append(
+                    {"type": "function_call_output", "name": item.name, "call_id": item.call_id, "output": item.output, "is_error": item.is_error}
+                )
+        return out
+
+    # -- the scheduler's callbacks ---------------------------------------------------------------
+    async def _produce(self, utterance: Utterance) -> None:
+        """One utterance's work, in the scheduler's runner inside the handle's cancel scope."""
+        if self._user_speaking and utterance.handle.interruptible:
+            self._scheduler.hold(utterance.handle)  # never start over the user: judged at the end of the speech
+        if utterance.source is SpeechSource.SAY:
+            await self.pipeline.say(utterance)
+            return
+        flow = self.conversation_flow
+        await self.start_thinking_audio()
         try:
-            with handle._scope:
-                await work(arg, handle)
-        except Exception:
-            # A provider failed: this utterance ends, the session goes on.
-            _log.exception("utterance %s failed", handle.id)
+            await self.pipeline.reply(utterance)
         finally:
-            handle._mark_done()
-            if handle is self.current_utterance:
-                self._reply_in_progress = False
-                if not self._close_started:
-                    self._emit_agent_state(AgentState.LISTENING if self._user_state is UserState.SPEAKING else AgentState.IDLE)
-                    if self._user_state is UserState.LISTENING:
-                        self._emit_user_state(UserState.IDLE)
-                # Re-arm from the exact tick the audio finished on, not from when this task
-                # woke up to notice (the pump wakes a hair after each tick).
-                voice = handle._voice
-                self._wake_resume("agent", since=voice.played_out_at if voice is not None else None)
+            self._stop_thinking_audio_nowait()  # (fades out on its own)
+            if utterance.user_turn is not None and utterance.user_turn.message is not None and flow is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(self.close_grace):
+                    try:
+                        await flow.on_turn_end()
+                    except Exception:
+                        _log.exception("conversation_flow.on_turn_end raised")
 
-    def interrupt(self) -> None:
-        """Interrupt the agent's current speech (and drop output queued in the transport)."""
-        handle = self.current_utterance
-        if handle is not None and not handle.interrupted:
-            handle.interrupt("session.interrupt()")
-        self.pipeline.interrupt()
-        self._clear_output(handle)
+    def _on_first_audio(self, utterance: Utterance) -> None:
+        self._stop_thinking_audio_nowait()  # fades out as the voice starts
+        self.emit("on_speech_out", {"text": utterance.handle.text, "utterance_id": utterance.handle.id})
 
-    def _clear_output(self, handle: UtteranceHandle | None) -> None:
-        """Drop output queued downstream (barge-in), first noting how much of `handle`'s audio
-        had been sent but not heard, for a transport that tracks playout (`unplayed()`)."""
-        unplayed = getattr(self.transport, "unplayed", None)
-        voice = handle._voice if handle is not None else None
-        # (Once paused by a suspected barge-in, what is in flight is silence: counted already.)
-        if handle is not None and voice is not None and not voice.paused and callable(unplayed):
-            handle._unheard += float(unplayed())
+    def _on_interrupted(self, utterance: Utterance, audible: bool) -> None:
+        if audible:
+            self._clear_output(utterance)
+
+    def _on_finished(self, utterance: Utterance) -> None:
+        self._last_speech_end = utterance.played_out_at or trio.current_time()
+        handle = utterance.handle
+        if handle.source in _REPLY_SOURCES:
+            utterance.note(
+                agent_text=handle.spoken_text,
+                interrupted=handle.interrupted,
+                first_audio_at=handle.started_at,
+            )
+            self._emit_metrics(utterance.metrics)
+        agent, self._handoff = self._handoff, None
+        if agent is not None and not self._close_started:
+            self._require_nursery().start_soon(self._hand_over, agent)
+
+    def _clear_output(self, utterance: Utterance | None) -> None:
+        """Drop output queued downstream (barge-in), first noting how much of `utterance`'s
+        audio had been sent but not heard, for a transport that tracks playout."""
+        if utterance is not None and isinstance(self.transport, PlayoutTracking):
+            utterance.add_unheard(self.transport.unplayed())
         self.transport.clear()
 
     # -- background and thinking audio ---------------------------------------------------------------
@@ -507,10 +675,7 @@ class AgentSession(EventEmitter):
             self._set_wake_deadline((trio.current_time() if since is None else since) + self.wake_up)
 
     # -- hand-over -----------------------------------------------------------------------------
-    def _request_handoff(self, new_agent: Agent) -> None:
-        self._require_nursery().start_soon(self._handoff, new_agent)
-
-    async def _handoff(self, new_agent: Agent) -> None:
+    async def _hand_over(self, new_agent: Agent) -> None:
         old = self.agent
         try:
             await old.on_exit()
@@ -520,12 +685,103 @@ class AgentSession(EventEmitter):
         old.session = None
         new_agent.session = self
         new_agent.chat_context.items.extend(
-            i for i in old.chat_context.items if not (getattr(i, "role", None) is ChatRole.SYSTEM)
+            i for i in old.chat_context.items if not (isinstance(i, ChatMessage) and i.role is ChatRole.SYSTEM)
         )
         self.agent = new_agent
-        self.pipeline.set_agent(new_agent)
         self._hook_agent(new_agent)
         await new_agent.on_enter()
+
+
+@attrs.define(eq=False)
+class _Host:
+    """The session as its pipeline sees it (`PipelineHost`): nothing else of the session."""
+
+    _session: AgentSession
+
+    @property
+    def agent(self) -> Agent:
+        return self._session.agent
+
+    @property
+    def conversation_flow(self) -> ConversationFlow | None:
+        return self._session.conversation_flow
+
+    @property
+    def transport(self) -> Transport:
+        return self._session.transport
+
+    @property
+    def closing(self) -> bool:
+        return self._session.closing
+
+    @property
+    def close_grace(self) -> float:
+        return self._session.close_grace
+
+    def _current(self) -> Utterance | None:
+        handle = self._session._scheduler.current
+        return handle._utterance if handle is not None else None
+
+    def user_started_speaking(self, time: float) -> UserSpeechEffect:
+        session = self._session
+        session._user_speaking = True
+        session._user_speech_end = None
+        return session._scheduler.user_started_speaking()  # (updates the states)
+
+    def user_stopped_speaking(self, time: float) -> None:
+        session = self._session
+        session._user_speaking = False
+        session._user_speech_end = time
+        session._update_states()
+
+    def user_transcript(self, text: str, is_final: bool) -> None:
+        self._session.emit("user_input_transcribed", UserInputTranscribed(text, is_final, trio.current_time()))
+
+    @property
+    def speech_state(self) -> UtteranceState | None:
+        current = self._session._scheduler.current
+        return current.state if current is not None else None
+
+    @property
+    def speech_interruptible(self) -> bool:
+        current = self._session._scheduler.current
+        return current is not None and current.interruptible
+
+    def pause_speech(self) -> bool:
+        current = self._current()
+        if current is None or not current.audible or not current.handle.interruptible:
+            return False
+        self._session._clear_output(current)
+        current.pause()
+        return True
+
+    def resume_speech(self) -> None:
+        current = self._current()
+        if current is not None:
+            current.resume()
+
+    def interrupt_speech(self, reason: str) -> UserTurn | None:
+        current = self._current()
+        if current is None:
+            return None
+        unheard = current.handle.state in _THINKING_STATES
+        if not self._session._scheduler.interrupt(current.handle, reason=reason):
+            return None
+        return current.user_turn if unheard else None
+
+    def user_turn(self, turn: UserTurn) -> None:
+        self._session._submit_user_turn(turn)
+
+    def user_backchannel(self, text: str) -> None:
+        session = self._session
+        message = session.agent.chat_context.add_message(role=ChatRole.USER, content=text)
+        session._item_added(message)
+
+    def emit(self, name: str, payload: Any) -> None:
+        self._session.emit(name, payload)
+
+    def hand_over(self, agent: Agent) -> None:
+        self._session._handoff = agent
 
 
 class _TransportSink(trio.abc.SendChannel[AudioFrame]):

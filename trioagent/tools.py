@@ -29,7 +29,12 @@ _log = logging.getLogger("trioagent.tools")
 
 
 class ToolError(Exception):
-    """Raise from a tool to send a clear error message back to the LLM."""
+    """Raise from a tool to send a clear error message back to the LLM.
+
+    Its message is what the LLM reads, so word it for the model ("no account with that
+    number"). Any other exception a tool raises is logged with its traceback and the LLM gets
+    only a generic message: exception text can carry secrets, paths or stack details.
+    """
 
 
 @attrs.frozen
@@ -209,8 +214,10 @@ class FunctionTool:
     async def call(self, arguments: str | dict[str, Any] | None) -> ToolResult:
         """Validate the arguments and run the tool in the current task.
 
-        A tool that raises (or bad arguments) gives an error result for the LLM; `trio.Cancelled`
-        still propagates, so interrupting the reply cancels the tool.
+        Bad arguments and a `ToolError` give an error result with their message for the LLM; any
+        other exception is logged with its traceback and gives a generic error result (its text
+        never reaches the LLM). `trio.Cancelled` still propagates, so interrupting the reply
+        cancels the tool.
         """
         try:
             kwargs = self.validate(arguments)
@@ -222,9 +229,9 @@ class FunctionTool:
                 value = await value
         except ToolError as exc:
             return ToolResult(f"error: {exc}", is_error=True)
-        except Exception as exc:  # a tool's own failure goes back to the LLM as text
+        except Exception:  # a bug or an outage in the tool: the log gets the details, the LLM does not
             _log.exception("tool %s raised", self.name)
-            return ToolResult(f"error: {self.name} failed: {type(exc).__name__}: {exc}", is_error=True)
+            return ToolResult(f"error: the {self.name} tool failed; it may work if tried again later", is_error=True)
         return ToolResult(_render(value), value=value)
 
 

@@ -6,6 +6,10 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+FRAME_DURATION = 0.02
+"""Seconds of audio in one frame wherever trioagent chooses the size: the mixer's tick, network
+audio re-cut for the VAD and STT, synthetic test audio."""
+
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
 

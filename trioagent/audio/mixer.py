@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable
+
 import attrs
 import numpy as np
 import soxr
@@ -94,6 +96,7 @@ class MixerSource:
     _paused: bool = attrs.field(init=False, default=False)
     _finished: bool = attrs.field(init=False, default=False)
     _played_out: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _marks: list[tuple[int, Callable[[], None]]] = attrs.field(init=False, factory=list)
     played_samples: int = attrs.field(init=False, default=0)
     """Samples (at the mixer rate) of pushed audio that have been mixed so far."""
     started_at: float | None = attrs.field(init=False, default=None)
@@ -187,6 +190,18 @@ class MixerSource:
     def played_out(self) -> bool:
         return self._played_out.is_set()
 
+    def call_when_played(self, position: float, callback: Callable[[], None]) -> None:
+        """Call `callback` (sync, from the mixer's tick; it must not raise) once `position`
+        seconds of this source's audio have been mixed, or when it is played out. Dropped if
+        the source is stopped first."""
+        target = math.ceil(position * self._mixer_rate - 0.5)
+        self._marks.append((target, callback))
+        self._marks.sort(key=lambda m: m[0])
+
+    def _fire_marks(self) -> None:
+        while self._marks and self._marks[0][0] <= self.played_samples:
+            self._marks.pop(0)[1]()
+
     async def wait_played_out(self) -> None:
         """Wait until the last frame holding this source's audio has been played (or it was
         stopped and its fade-out played). A checkpoint."""
@@ -243,6 +258,10 @@ class MixerSource:
         self._finished = True
         self._chunks.clear()
         self._queued = 0
+        marks, self._marks = self._marks, []
+        if not self.stopped:
+            for _, callback in marks:
+                callback()
         self._played_out.set()
 
 
@@ -344,6 +363,8 @@ class Mixer:
                 # The steady state: a full frame queued, no fade under way.
                 chunk, got = s._take(n)
                 s.played_samples += got
+                if s._marks:
+                    s._fire_marks()
                 acc += chunk * (s.gain if s.voice else s.gain * duck)
                 if s._ended and s._queued == 0 and not s.loop:
                     s._level = 0.0  # played out on the next tick
@@ -381,6 +402,8 @@ class Mixer:
             if s.started_at is None:
                 s.started_at = now
             s.played_samples += got
+            if s._marks:
+                s._fire_marks()
             env, s._level = _ramp(s._level, 0.0 if silent else 1.0, step, n, steps)
             g = s.gain if s.voice else s.gain * duck
             acc += chunk * (g * env)

@@ -1,49 +1,144 @@
-"""The `Pipeline` protocol: exactly what `AgentSession` calls."""
+"""The two sides of the contract between a session and its pipeline.
+
+`Pipeline` is what the session calls; `PipelineHost` is everything a pipeline may call back.
+A pipeline holds no reference to the session itself: the cascading pipeline and the realtime one
+use the same host, and neither reaches into private session or handle state.
+
+Who owns what: the session runs `run()` in its nursery (listening and turn taking), and the
+speech scheduler runs `say()`/`reply()` for one `Utterance` at a time inside that utterance's
+cancel scope, so interrupting it cancels the pipeline's LLM, tools, TTS and playout together.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
 if TYPE_CHECKING:
     from ..agent import Agent
     from ..flow import ConversationFlow
-    from ..session import AgentSession
-    from ..utterance import UtteranceHandle
+    from ..scheduler import UserSpeechEffect, UtteranceState
+    from ..transports.base import Transport
+    from ..utterance import UserTurn, Utterance
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "PipelineHost"]
+
+
+@runtime_checkable
+class PipelineHost(Protocol):
+    """What a pipeline may use of its session (`AgentSession` gives one to `Pipeline.attach`).
+
+    None of the methods awaits; each is safe to call from any of the session's tasks.
+    """
+
+    @property
+    def agent(self) -> Agent:
+        """The agent now in charge (it changes on a hand-over)."""
+        ...
+
+    @property
+    def conversation_flow(self) -> ConversationFlow | None: ...
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def closing(self) -> bool:
+        """The session is closing: take no new turn."""
+        ...
+
+    @property
+    def close_grace(self) -> float:
+        """Seconds a cleanup step may take."""
+        ...
+
+    # -- listening ---------------------------------------------------------------------------
+    def user_started_speaking(self, time: float) -> UserSpeechEffect:
+        """The user's speech began at session time `time`. Returns what it does to the agent's
+        current utterance: nothing (none, or not interruptible), held (not heard yet: its audio
+        waits until `resume_speech` or `interrupt_speech`), or audible (being heard: the pipeline
+        decides whether this is a barge-in)."""
+        ...
+
+    def user_stopped_speaking(self, time: float) -> None: ...
+
+    def user_transcript(self, text: str, is_final: bool) -> None:
+        """An interim or final transcript of the user's speech (`user_input_transcribed`)."""
+        ...
+
+    @property
+    def speech_state(self) -> UtteranceState | None:
+        """The current utterance's state (None when there is none): PLAYING is being heard,
+        HELD and PAUSED wait for `resume_speech` or `interrupt_speech`."""
+        ...
+
+    @property
+    def speech_interruptible(self) -> bool:
+        """There is a current utterance and user speech may cut it."""
+        ...
+
+    def pause_speech(self) -> bool:
+        """A suspected barge-in: fade the current utterance out, keep the rest, and drop the
+        output already queued in the transport. Returns whether there was one to pause."""
+        ...
+
+    def resume_speech(self) -> None:
+        """Not a barge-in after all: the held or paused utterance plays on."""
+        ...
+
+    def interrupt_speech(self, reason: str) -> UserTurn | None:
+        """A barge-in: cut the current (interruptible) utterance and drop queued output. When
+        it answered a user turn and nothing of it was heard, returns that turn, so the pipeline
+        can fold it into the user's new one."""
+        ...
+
+    def user_turn(self, turn: UserTurn) -> None:
+        """The user's turn is over: queue its answer (after any utterance that cannot be cut; a
+        turn still waiting for its answer is merged into this one)."""
+        ...
+
+    def user_backchannel(self, text: str) -> None:
+        """Speech over the agent that took no turn ("mm-hmm"): into the chat context, unanswered."""
+        ...
+
+    # -- answering -----------------------------------------------------------------------------
+    def emit(self, name: str, payload: Any) -> None:
+        """Emit one of the session's events (`function_tools_executed`, ...)."""
+        ...
+
+    def hand_over(self, agent: Agent) -> None:
+        """A tool returned a new agent: it takes over once the current utterance has ended."""
+        ...
 
 
 @runtime_checkable
 class Pipeline(Protocol):
     """The engine behind a session (`CascadingPipeline`, later `RealTimePipeline`).
 
-    The session owns every task: it runs `run` in its nursery, and runs `say`/`reply` inside the
-    cancel scope of the utterance's handle, so interrupting the handle cancels them.
+    Attributes:
+        allow_interruptions: when False, no utterance of the session can be cut by user speech,
+            `say()`, `reply()` or `interrupt()` (only `interrupt(force=True)`).
     """
 
-    def set_agent(self, agent: Agent) -> None:
-        """The agent now in charge (called at start and on every hand-over)."""
+    allow_interruptions: bool
+
+    def attach(self, host: PipelineHost) -> None:
+        """Called once, before `run`, with the session's side of the contract."""
         ...
 
-    def set_conversation_flow(self, flow: ConversationFlow | None) -> None: ...
-
-    async def run(self, session: AgentSession, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Process the session's input (listening, turn taking) until cancelled or the input ends."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Process the session's input (listening, turn taking) until cancelled or the input
+        ends; report started once it listens."""
         ...
 
-    async def say(self, text: str, handle: UtteranceHandle) -> None:
-        """Speak `text`; return when it has played out. Runs in the handle's scope."""
+    async def say(self, utterance: Utterance) -> None:
+        """Speak `utterance.text`; return when it has played out."""
         ...
 
-    async def reply(self, instructions: str | None, handle: UtteranceHandle, *, user_text: str | None = None) -> None:
-        """Answer from the chat context (plus `instructions`, or the user's turn `user_text`);
-        return when the answer has played out. Runs in the handle's scope."""
-        ...
-
-    def interrupt(self) -> None:
-        """Drop any pending turn state (the session has already interrupted the utterance)."""
+    async def reply(self, utterance: Utterance) -> None:
+        """Answer from the chat context (plus `utterance.instructions`, or the user's turn
+        `utterance.user_turn`); return when the answer has played out."""
         ...
 
     async def cleanup(self) -> None:

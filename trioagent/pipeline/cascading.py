@@ -5,14 +5,26 @@ How this works. `run()` owns three tasks:
   feeds the STT;
 - the STT task turns audio into transcript events;
 - the controller takes VAD and transcript events in arrival order and owns the turn-taking
-  timers (end of turn, barge-in, false-interruption resume). Each timer is a deadline; the
-  controller waits for the next event or the earliest deadline, whichever comes first.
+  timers (end of turn, barge-in, resume after a false interruption). Each timer is a deadline;
+  the controller waits for the next event or the earliest deadline, whichever comes first. It
+  tells the session what it heard through the `PipelineHost`; the session's speech scheduler
+  decides what that does to the agent's speech.
 
-Replies and `say()` run in their utterance handle's cancel scope (the session starts them). A
-reply streams the LLM into a sentence splitter; a second task synthesises each sentence as soon as
-it is complete and pushes the audio into the utterance's voice source in the mixer, so the first
-sentence plays while the LLM still writes. Tools run in the reply's scope, so a barge-in cancels
-them too. When an utterance is interrupted, the chat context keeps only what was played.
+The user's turn: every final transcript adds to it until its end-of-turn deadline passes. Speech
+that starts over an interruptible utterance not heard yet holds it (its audio waits): words
+(`min_interruption_words` counted over the whole ongoing turn) cut it and fold its question into
+the new turn; no words, and it resumes `false_interruption_timeout` after the hold (never while
+the user still speaks). Speech over an utterance being heard must last
+`min_interruption_duration` (and bring the words) to be a barge-in. Speech over the agent that
+takes no turn is a backchannel: it goes into the chat context, unanswered. Speech over an
+utterance that cannot be interrupted is a turn like any other, answered after it.
+
+Replies and says run in their utterance's cancel scope (the scheduler runs them). A reply streams
+the LLM into a sentence splitter; a second task synthesises each sentence as soon as it is
+complete and pushes its audio, so the first sentence plays while the LLM still writes. Text an
+LLM step writes before calling tools is spoken while the tools run (`speak_before_tools`); each
+step is its own chat message. Tools run in the reply's scope, so a barge-in cancels them too, and
+a tool's `session.say()` is spoken in order inside the reply.
 """
 
 from __future__ import annotations
@@ -20,97 +32,77 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from ..audio.frame import AudioFrame
-from ..audio.mixer import MixerSource
+from ..agent import Agent
+from ..audio.frame import FRAME_DURATION, AudioFrame
 from ..audio.resample import StreamResampler
-from ..chat import ChatContext, ChatRole
-from ..errors import ProviderError
-from ..flow import ConversationFlow
+from ..chat import ChatContext, ChatItem, ChatMessage, ChatRole, FunctionCall, FunctionCallOutput
+from ..events import ConversationItemAdded, FunctionToolsExecuted
 from ..metrics import TurnMetrics
-from ..providers.base import LLM, STT, TTS, VAD, TextDelta, ToolCall, TranscriptEvent, TurnDetector, VADEvent
+from ..providers.base import LLM, STT, TTS, VAD, TextDelta, ToolCall, TranscriptEvent, TurnDetector, Usage, VADEvent
 from ..providers.turn import SilenceTurnDetector
 from ..providers.vad import EnergyVAD
-from ..states import AgentState, UserState
-from ..utterance import UtteranceHandle
+from ..scheduler import UserSpeechEffect, UtteranceState
+from ..sentences import SentenceSplitter
+from ..utterance import UserTurn, Utterance, UtteranceHandle
 
 if TYPE_CHECKING:
-    from ..agent import Agent
-    from ..session import AgentSession
+    from .base import PipelineHost
 
 __all__ = ["CascadingPipeline"]
 
 _log = logging.getLogger("trioagent.pipeline")
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 # Input arrives a frame at a time: at the barge-in deadline the last frame may still be in
 # flight, so speech that has lasted the minimum duration minus one frame counts as long enough.
-_INPUT_SLACK = 0.02
-
-
-class _SentenceSplitter:
-    """Cuts streamed text into sentences as soon as each is complete."""
-
-    def __init__(self) -> None:
-        self._buf = ""
-
-    def push(self, text: str) -> list[str]:
-        self._buf += text
-        parts = _SENTENCE_END.split(self._buf)
-        self._buf = parts.pop()
-        return [p.strip() for p in parts if p.strip()]
-
-    def flush(self) -> list[str]:
-        rest, self._buf = self._buf.strip(), ""
-        return [rest] if rest else []
-
-
-@attrs.define(eq=False)
-class _Spoken:
-    """What an utterance has sent to the mixer: each sentence and its audio length."""
-
-    segments: list[tuple[str, float]] = attrs.field(factory=list)
-
-    def played_text(self, played: float) -> str:
-        words: list[str] = []
-        for text, duration in self.segments:
-            if played >= duration - 1e-9:
-                words += text.split()
-                played -= duration
-                continue
-            sentence = text.split()
-            if duration > 0 and played > 0:
-                words += sentence[: round(len(sentence) * played / duration)]
-            break
-        return " ".join(words)
+_INPUT_SLACK = FRAME_DURATION
+# Channel sizes, in items: frames for the STT (10 s of 20 ms frames: back-pressure beyond),
+# transcripts, and VAD + transcript events for the controller.
+STT_QUEUE = 500
+TRANSCRIPT_QUEUE = 100
+EVENT_QUEUE = 1000
 
 
 @attrs.define(eq=False)
 class _TurnState:
-    """The controller's view of the user's current turn."""
+    """The controller's view of the user's ongoing turn (from its first word to its end)."""
 
     speaking: bool = False
-    speech_start: float | None = None
+    start: float | None = None  # the turn's first speech
+    segment_start: float | None = None
     speech_end: float | None = None
     finals: list[str] = attrs.field(factory=list)
     interim: str = ""
     stt_final_at: float | None = None
+    carried: UserTurn | None = None  # a turn whose answer was cut before it was heard
     transcript_this_segment: bool = False
-    over_agent: bool = False  # this speech segment began while the agent was talking
-    long_enough: bool = False  # it has lasted min_interruption_duration
+    over_agent: bool = False  # some of it was spoken over an interruptible utterance
+    long_enough: bool = False  # a segment of it over the agent lasted min_interruption_duration
     barged_in: bool = False
 
-    def text(self) -> str:
+    def new_text(self) -> str:
         return " ".join(self.finals).strip()
 
+    def text(self) -> str:
+        return " ".join(t for t in (self.carried.text if self.carried else "", self.new_text()) if t)
+
     def words(self) -> int:
-        return len((self.text() + " " + self.interim).split())
+        """Words of the ongoing turn so far (finals and the latest interim)."""
+        return len((self.new_text() + " " + self.interim).split())
+
+
+@attrs.frozen
+class _Piece:
+    """A sentence to speak (of `message`), or the end of a tool's say (`child`)."""
+
+    text: str
+    message: ChatMessage | None = None
+    child: UtteranceHandle | None = None
 
 
 @attrs.define(eq=False)
@@ -129,6 +121,8 @@ class CascadingPipeline:
         false_interruption_timeout: on a barge-in the voice is paused; if no transcript comes
             within this many seconds it resumes. None: interrupt at once.
         max_tool_steps: LLM rounds that may call tools before the LLM must answer in words.
+        speak_before_tools: speak the text an LLM step writes before its tool calls while the
+            tools run (True), or after they have finished (False).
     """
 
     stt: STT
@@ -141,14 +135,13 @@ class CascadingPipeline:
     min_interruption_words: int = 0
     false_interruption_timeout: float | None = 2.0
     max_tool_steps: int = 3
-    _agent: Agent | None = attrs.field(init=False, default=None)
-    _flow: ConversationFlow | None = attrs.field(init=False, default=None)
-    _session: AgentSession | None = attrs.field(init=False, default=None)
+    speak_before_tools: bool = True
+    _host: PipelineHost | None = attrs.field(init=False, default=None)
     _turn: _TurnState = attrs.field(init=False, factory=_TurnState)
     _eou_deadline: float = attrs.field(init=False, default=math.inf)
     _barge_deadline: float = attrs.field(init=False, default=math.inf)
     _resume_deadline: float = attrs.field(init=False, default=math.inf)
-    _paused: UtteranceHandle | None = attrs.field(init=False, default=None)
+    _suspended_at: float | None = attrs.field(init=False, default=None)  # when we held or paused the agent
     _turn_count: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
@@ -158,60 +151,43 @@ class CascadingPipeline:
             self.turn_detector = SilenceTurnDetector()
 
     # -- wiring ------------------------------------------------------------------------------
-    def set_agent(self, agent: Agent) -> None:
-        self._agent = agent
-
-    def set_conversation_flow(self, flow: ConversationFlow | None) -> None:
-        self._flow = flow
+    def attach(self, host: PipelineHost) -> None:
+        self._host = host
 
     @property
-    def session(self) -> AgentSession:
-        if self._session is None:
-            raise RuntimeError("the pipeline is not running in a session")
-        return self._session
-
-    @property
-    def agent(self) -> Agent:
-        if self._agent is None:
-            raise RuntimeError("the pipeline has no agent")
-        return self._agent
+    def host(self) -> PipelineHost:
+        if self._host is None:
+            raise RuntimeError("the pipeline is not attached to a session")
+        return self._host
 
     async def cleanup(self) -> None:
-        self._paused = None
         await trio.lowlevel.checkpoint()
 
-    def interrupt(self) -> None:
-        self._paused = None
-        self._barge_deadline = self._resume_deadline = math.inf
-
     # -- listening ---------------------------------------------------------------------------
-    async def run(self, session: AgentSession, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._session = session
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         assert self.vad is not None
-        stt_send, stt_receive = trio.open_memory_channel[AudioFrame](500)
-        transcript_send, transcript_receive = trio.open_memory_channel[TranscriptEvent](100)
-        event_send, event_receive = trio.open_memory_channel[VADEvent | TranscriptEvent | None](1000)
+        stt_send, stt_receive = trio.open_memory_channel[AudioFrame](STT_QUEUE)
+        transcript_send, transcript_receive = trio.open_memory_channel[TranscriptEvent](TRANSCRIPT_QUEUE)
+        event_send, event_receive = trio.open_memory_channel[VADEvent | TranscriptEvent](EVENT_QUEUE)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.stt.run, stt_receive, transcript_send)
             nursery.start_soon(self._forward_transcripts, transcript_receive, event_send.clone())
             nursery.start_soon(self._control, event_receive)
             task_status.started()
-            await self._read_input(session, stt_send, event_send)
-            # Input over: let the STT finish, then stop the controller once no turn is pending.
-            nursery.cancel_scope.deadline = math.inf
+            await self._read_input(stt_send, event_send)
 
     async def _read_input(
         self,
-        session: AgentSession,
         stt_send: trio.MemorySendChannel[AudioFrame],
-        event_send: trio.MemorySendChannel[VADEvent | TranscriptEvent | None],
+        event_send: trio.MemorySendChannel[VADEvent | TranscriptEvent],
     ) -> None:
         assert self.vad is not None
-        rate = session.transport.input_sample_rate
+        transport = self.host.transport
+        rate = transport.input_sample_rate
         to_stt = StreamResampler(rate, self.stt.sample_rate)
         to_vad = to_stt if self.vad.sample_rate == self.stt.sample_rate else StreamResampler(rate, self.vad.sample_rate)
         async with stt_send, event_send:
-            async for frame in session.transport.audio_in:
+            async for frame in transport.audio_in:
                 if frame.sample_rate != rate:
                     _log.error("dropped a %d Hz input frame: the transport said %d Hz", frame.sample_rate, rate)
                     continue
@@ -230,111 +206,96 @@ class CascadingPipeline:
     async def _forward_transcripts(
         self,
         receive: trio.MemoryReceiveChannel[TranscriptEvent],
-        send: trio.MemorySendChannel[VADEvent | TranscriptEvent | None],
+        send: trio.MemorySendChannel[VADEvent | TranscriptEvent],
     ) -> None:
         async with receive, send:
             async for event in receive:
                 await send.send(event)
 
-    async def _control(self, events: trio.MemoryReceiveChannel[VADEvent | TranscriptEvent | None]) -> None:
+    async def _control(self, events: trio.MemoryReceiveChannel[VADEvent | TranscriptEvent]) -> None:
         async with events:
             while True:
                 deadline = min(self._eou_deadline, self._barge_deadline, self._resume_deadline)
+                event: VADEvent | TranscriptEvent | None = None
                 with trio.move_on_at(deadline):
                     try:
                         event = await events.receive()
                     except trio.EndOfChannel:
                         if deadline == math.inf:
-                            return
+                            return  # input over and no turn pending
                         await trio.sleep_until(deadline)
-                        event = None
-                    if isinstance(event, VADEvent):
-                        self._on_vad(event)
-                    elif isinstance(event, TranscriptEvent):
-                        self._on_transcript(event)
-                    if event is not None:
-                        continue
-                self._on_timers(trio.current_time())
+                if isinstance(event, VADEvent):
+                    self._on_vad(event)
+                elif isinstance(event, TranscriptEvent):
+                    self._on_transcript(event)
+                else:
+                    self._on_timers(trio.current_time())
 
     # -- turn taking (the controller's handlers; none of them awaits) ------------------------
-    def _agent_audible(self) -> bool:
-        """The current utterance has started playing and is not finished."""
-        h = self.session.current_utterance
-        return h is not None and not h.done() and h._voice is not None and h._voice.started_at is not None
-
     def _on_vad(self, event: VADEvent) -> None:
-        session = self.session
+        host = self.host
         turn = self._turn
         if event.kind == "start":
             turn.speaking = True
-            turn.speech_start = event.time
+            turn.start = turn.start if turn.start is not None else event.time
+            turn.segment_start = event.time
             turn.speech_end = None
             turn.transcript_this_segment = False
-            turn.barged_in = False
-            turn.long_enough = False
             self._eou_deadline = math.inf
-            session._wake_pause("user")
-            session._emit_user_state(UserState.SPEAKING)
-            handle = session.current_utterance
-            turn.over_agent = False
-            if handle is not None and not handle.done() and self.allow_interruptions:
-                if self._agent_audible():
-                    turn.over_agent = True
-                    self._barge_deadline = event.time + self.min_interruption_duration
-                else:
-                    # Not playing yet: a stale answer must never start over the user.
-                    handle.interrupt("user started speaking")
-            if session.agent_state in (AgentState.IDLE,):
-                session._emit_agent_state(AgentState.LISTENING)
-        else:
-            turn.speaking = False
-            turn.speech_end = event.time
-            self._barge_deadline = math.inf
-            session._wake_resume("user", since=event.time)
-            agent_talking = self._agent_audible()
-            session._emit_user_state(UserState.LISTENING if agent_talking else UserState.IDLE)
-            if session.agent_state is AgentState.LISTENING:
-                session._emit_agent_state(AgentState.IDLE)
-            if turn.over_agent and not turn.barged_in:
-                if self.min_interruption_words and event.time - (turn.speech_start or event.time) >= self.min_interruption_duration:
-                    turn.long_enough = True  # long enough; the final transcript decides
-                    return
-                # A backchannel ("mm-hmm") over the agent: not a turn (its late final is
-                # dropped too, since over_agent stays set until the next speech starts).
-                turn.finals.clear()
-                turn.interim = ""
-                return
-            self._schedule_end_of_turn()
+            effect = host.user_started_speaking(event.time)
+            if effect is UserSpeechEffect.HELD:
+                turn.over_agent = True
+                self._suspend(event.time)
+                if self.false_interruption_timeout is None:
+                    self._confirm_barge_in()
+            elif effect is UserSpeechEffect.AUDIBLE:
+                turn.over_agent = True
+                self._barge_deadline = event.time + self.min_interruption_duration
+            return
+        turn.speaking = False
+        turn.speech_end = event.time
+        self._barge_deadline = math.inf
+        host.user_stopped_speaking(event.time)
+        if host.speech_state is UtteranceState.HELD and self._suspended_at is None:
+            self._suspend(event.time)  # it started while the user spoke and was held then
+        if turn.over_agent and not turn.barged_in and turn.segment_start is not None:
+            if event.time - turn.segment_start >= self.min_interruption_duration - _INPUT_SLACK:
+                turn.long_enough = True
+                self._try_barge_in()
+        if self._suspended_at is not None and self._resume_deadline == math.inf:
+            self._resume_deadline = trio.current_time()  # the hold outlasted its timeout: judge now
+        self._schedule_end_of_turn()
 
     def _on_transcript(self, event: TranscriptEvent) -> None:
         turn = self._turn
-        if not event.text.strip():
+        text = event.text.strip()
+        if not text:
             return
+        self.host.user_transcript(text, event.is_final)
         turn.transcript_this_segment = True
         if event.is_final:
-            turn.finals.append(event.text.strip())
+            turn.finals.append(text)
             turn.interim = ""
             turn.stt_final_at = event.time
         else:
-            turn.interim = event.text.strip()
-        if self._paused is not None:
-            # Words arrived: the barge-in was real.
-            self._confirm_barge_in()
+            turn.interim = text
+        if self._suspended_at is not None:
+            if self._enough_words():
+                self._confirm_barge_in()  # words: the interruption was real
         elif turn.over_agent and turn.long_enough and not turn.barged_in:
-            # Long enough already, but we were waiting for enough words.
-            self._try_barge_in()
+            self._try_barge_in()  # long enough already; these may be the words it waited for
         if event.is_final and not turn.speaking:
-            if turn.over_agent and not turn.barged_in:
-                turn.finals.clear()
-                return
             self._schedule_end_of_turn()
+
+    def _enough_words(self) -> bool:
+        return self._turn.words() >= max(1, self.min_interruption_words)
 
     def _schedule_end_of_turn(self) -> None:
         turn = self._turn
-        if turn.speaking or turn.speech_end is None or not turn.finals:
+        if turn.speaking or turn.speech_end is None or not turn.text():
             return
         assert self.turn_detector is not None
-        delay = self.turn_detector.endpointing_delay(turn.text(), self.agent.chat_context)
+        delay = self.turn_detector.endpointing_delay(turn.text(), self.host.agent.chat_context)
         self._eou_deadline = max(turn.speech_end + delay, trio.current_time())
 
     def _on_timers(self, now: float) -> None:
@@ -352,222 +313,252 @@ class CascadingPipeline:
                     self._try_barge_in()
         if now >= self._resume_deadline:
             self._resume_deadline = math.inf
-            handle, self._paused = self._paused, None
-            if handle is not None and handle._voice is not None and not handle.done():
-                _log.info("false interruption: resuming %s", handle.id)
-                handle._voice.resume()
-            self._turn.over_agent = False
+            if self._turn.speaking:
+                pass  # never resume over the user: judged again when the speech ends
+            else:
+                self._resume("false interruption")
         if now >= self._eou_deadline:
             self._eou_deadline = math.inf
             self._end_of_turn(now)
 
+    def _suspend(self, now: float) -> None:
+        """The agent's speech is held or paused on our account: it resumes after the timeout."""
+        self._suspended_at = now
+        if self.false_interruption_timeout is not None:
+            self._resume_deadline = now + self.false_interruption_timeout
+
+    def _resume(self, why: str) -> None:
+        if self._suspended_at is None:
+            return
+        self._suspended_at = None
+        self._resume_deadline = math.inf
+        if self.host.speech_state in (UtteranceState.HELD, UtteranceState.PAUSED):
+            _log.info("%s: the agent's speech plays on", why)
+            self.host.resume_speech()
+
     def _try_barge_in(self) -> None:
         turn = self._turn
-        handle = self.session.current_utterance
-        if handle is None or handle.done() or handle._voice is None:
+        if self.host.speech_state is not UtteranceState.PLAYING:
             return
         if self.min_interruption_words and turn.words() < self.min_interruption_words:
             return  # checked again as transcripts arrive
         turn.barged_in = True
         if turn.transcript_this_segment or self.false_interruption_timeout is None:
-            self._interrupt(handle)
-            return
-        self.session._clear_output(handle)
-        handle._voice.pause()
-        self._paused = handle
-        self._resume_deadline = trio.current_time() + self.false_interruption_timeout
+            self._confirm_barge_in()
+        elif self.host.pause_speech():
+            self._suspend(trio.current_time())
 
     def _confirm_barge_in(self) -> None:
-        handle, self._paused = self._paused, None
+        """Cut the agent's speech; an answer nobody heard goes back into the user's turn."""
+        turn = self._turn
+        turn.barged_in = True
+        self._suspended_at = None
         self._resume_deadline = math.inf
-        if handle is not None:
-            self._interrupt(handle)
-
-    def _interrupt(self, handle: UtteranceHandle) -> None:
-        handle.interrupt("barge-in")
-        self.session._clear_output(handle)
-        if self._turn.speaking:
-            self.session._emit_user_state(UserState.SPEAKING)
+        unheard = self.host.interrupt_speech("barge-in")
+        if unheard is not None:
+            turn.carried = unheard if turn.carried is None else turn.carried.merge(unheard)
 
     def _end_of_turn(self, now: float) -> None:
+        host = self.host
         turn = self._turn
         text = turn.text()
-        if not text or self.session.closing:
+        if not text or host.closing:
             return
+        self._turn = _TurnState()
+        if turn.over_agent and not turn.barged_in and host.speech_interruptible:
+            # Spoken over the agent, who is still at it, and not an interruption: a backchannel
+            # ("mm-hmm", "right"). Into the context, unanswered; the agent plays on.
+            host.user_backchannel(text)
+            self._resume("backchannel")
+            return
+        self._resume("end of turn")  # (a hold of something that is not interruptible: none)
         self._turn_count += 1
         metrics = TurnMetrics(
             turn_id=f"turn_{self._turn_count}",
             user_text=text,
-            user_speech_start=turn.speech_start,
+            user_speech_start=turn.start,
             user_speech_end=turn.speech_end,
             stt_final_at=turn.stt_final_at,
             end_of_turn_at=now,
         )
-        self._turn = _TurnState()
-        self.session.emit("on_speech_in", {"text": text, "start": metrics.user_speech_start, "end": metrics.user_speech_end})
-        self.session._start_reply(None, user_text=text, metrics=metrics)
+        new = UserTurn(text if turn.carried is None else turn.new_text(), metrics)
+        host.user_turn(new if turn.carried is None else turn.carried.merge(new))
 
     # -- speaking ----------------------------------------------------------------------------
-    async def say(self, text: str, handle: UtteranceHandle) -> None:
-        send, receive = trio.open_memory_channel[str](math.inf)
-        splitter = _SentenceSplitter()
+    async def say(self, utterance: Utterance) -> None:
+        send, receive = trio.open_memory_channel[_Piece](math.inf)
+        message = utterance.begin_message() if utterance.add_to_chat_context else None
+        if message is not None:
+            message.content = utterance.text
+        splitter = SentenceSplitter()
         with send:
+            for sentence in splitter.push(utterance.text) + splitter.flush():
+                send.send_nowait(_Piece(sentence, message))
+        await self._speak(receive, utterance)
+
+    async def reply(self, utterance: Utterance) -> None:
+        host = self.host
+        flow = host.conversation_flow
+        turn = utterance.user_turn
+        if turn is not None:
+            text: str | None = turn.text
+            if flow is not None:
+                text = await flow.process_transcript(turn.text)
+            if text is None:
+                if turn.message is not None and turn.message in host.agent.chat_context.items:
+                    host.agent.chat_context.items.remove(turn.message)
+                return
+            utterance.commit_user_text(text)
+            if flow is not None:
+                await flow.on_turn_start(text)
+        send, receive = trio.open_memory_channel[_Piece](math.inf)
+        inline_messages: list[ChatMessage] = []
+
+        def say_inline(text: str, child: UtteranceHandle, keep: bool) -> None:
+            # A tool's say(): after what the reply has queued so far; its message goes into the
+            # context after the step's tool outputs (a message between a call and its output
+            # is not a valid chat history).
+            message = utterance.begin_message(in_context=False) if keep else None
+            if message is not None:
+                message.content = text
+                inline_messages.append(message)
+            splitter = SentenceSplitter()
             for sentence in splitter.push(text) + splitter.flush():
-                send.send_nowait(sentence)
-        await self._speak(receive, handle, None)
+                send.send_nowait(_Piece(sentence, message))
+            send.send_nowait(_Piece("", child=child))
 
-    async def reply(self, instructions: str | None, handle: UtteranceHandle, *, user_text: str | None = None) -> None:
-        session = self.session
-        agent = self.agent
-        flow = self._flow
-        metrics: TurnMetrics = handle._turn_metrics or TurnMetrics(turn_id=handle.id)
-        if user_text is not None:
-            if flow is not None:
-                processed = await flow.process_transcript(user_text)
-                if processed is None:
-                    return
-                user_text = processed
-            agent.chat_context.add_message(role=ChatRole.USER, content=user_text)
-            if flow is not None:
-                await flow.on_turn_start(user_text)
-        session._emit_agent_state(AgentState.THINKING)
-        await session.start_thinking_audio()
-        llm_context = agent.chat_context
-        if instructions:
-            llm_context = agent.chat_context.copy()
-            llm_context.add_message(role=ChatRole.SYSTEM, content=instructions)
-        state = {"metrics": metrics}
-        send, receive = trio.open_memory_channel[str](math.inf)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._speak, receive, handle, state)
-                with send:
-                    await self._think(llm_context, handle, send, state)
-        finally:
-            message = handle._chat_message
-            if message is not None and not message.content.strip() and message in agent.chat_context.items:
-                agent.chat_context.items.remove(message)  # nothing was heard: nothing was said
-            with trio.CancelScope(shield=True):
-                await session.stop_thinking_audio()
-            m: TurnMetrics = state["metrics"]
-            voice = handle._voice
-            state["metrics"] = attrs.evolve(
-                m,
-                agent_text=handle.spoken_text,
-                interrupted=handle.interrupted,
-                first_audio_at=voice.started_at if voice is not None else None,
-            )
-            session._emit_metrics(state["metrics"])
-            if user_text is not None and flow is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(session.close_grace):
-                    await flow.on_turn_end()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._speak, receive, utterance)
+            with send:
+                utterance.set_inline(say_inline)
+                try:
+                    await self._think(utterance, send, inline_messages)
+                finally:
+                    utterance.set_inline(None)
 
-    async def _think(self, context: ChatContext, handle: UtteranceHandle, sentences: trio.MemorySendChannel[str], state: dict[str, Any]) -> None:
-        """The LLM tool loop: stream text into sentences, run tools, feed results back."""
-        agent = self.agent
-        splitter = _SentenceSplitter()
+    def _llm_view(self, utterance: Utterance) -> ChatContext:
+        """The context for one LLM call: the agent's, plus the reply's instructions (for this
+        call only, never stored)."""
+        context = self.host.agent.chat_context
+        if not utterance.instructions:
+            return context
+        view = context.copy()
+        view.add_message(role=ChatRole.SYSTEM, content=utterance.instructions)
+        return view
+
+    async def _think(self, utterance: Utterance, sentences: trio.MemorySendChannel[_Piece], inline_messages: list[ChatMessage]) -> None:
+        """The LLM tool loop: stream each step's text into sentences, run its tools, go on."""
+        host = self.host
+        agent = host.agent
+        flow = host.conversation_flow
+        handle = utterance.handle
         for step in range(self.max_tool_steps + 1):
             tools = agent.tools if step < self.max_tool_steps else []
+            context = self._llm_view(utterance)
+            splitter = SentenceSplitter()
+            message: ChatMessage | None = None
+            held: list[_Piece] = []  # speak_before_tools=False: this step's text, until its tools are done
             calls: list[ToolCall] = []
-            state["metrics"] = attrs.evolve(state["metrics"], llm_started_at=state["metrics"].llm_started_at or trio.current_time())
-            stream = self._flow.run_llm(self.llm, context, tools) if self._flow is not None else self.llm.chat(context, tools)
+            if utterance.metrics.llm_started_at is None:
+                utterance.note(llm_started_at=trio.current_time())
+            stream = flow.run_llm(self.llm, context, tools) if flow is not None else self.llm.chat(context, tools)
+
+            def speak(pieces: list[_Piece]) -> None:
+                for piece in pieces:
+                    (sentences.send_nowait if self.speak_before_tools else held.append)(piece)
+
             async with aclosing(stream) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
                     if isinstance(chunk, TextDelta):
-                        if state["metrics"].llm_first_token_at is None:
-                            state["metrics"] = attrs.evolve(state["metrics"], llm_first_token_at=trio.current_time())
+                        if utterance.metrics.llm_first_token_at is None:
+                            utterance.note(llm_first_token_at=trio.current_time())
+                        if message is None:
+                            message = utterance.begin_message()
+                            if handle.text:
+                                handle.text += " "
+                        message.content += chunk.text
                         handle.text += chunk.text
-                        if handle._chat_message is None:
-                            handle._chat_message = agent.chat_context.add_message(role=ChatRole.ASSISTANT, content="")
-                        handle._chat_message.content = handle.text.strip()
-                        for sentence in splitter.push(chunk.text):
-                            sentences.send_nowait(sentence)
+                        speak([_Piece(s, message) for s in splitter.push(chunk.text)])
                     elif isinstance(chunk, ToolCall):
                         calls.append(chunk)
+                    elif isinstance(chunk, Usage):
+                        utterance.note(
+                            prompt_tokens=(utterance.metrics.prompt_tokens or 0) + chunk.prompt_tokens,
+                            completion_tokens=(utterance.metrics.completion_tokens or 0) + chunk.completion_tokens,
+                        )
+            utterance.note(llm_ended_at=trio.current_time())
+            # The end of a step ends its last sentence: never glued to the next step's text.
+            speak([_Piece(s, message) for s in splitter.flush()])
+            if message is not None:
+                message.content = message.content.strip()
             if not calls:
+                for piece in held:
+                    sentences.send_nowait(piece)
                 break
-            state["metrics"] = attrs.evolve(state["metrics"], tool_calls=state["metrics"].tool_calls + len(calls))
-            handoff = None
-            for i, call in enumerate(calls):
-                arguments = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
-                call_id = call.call_id or f"{handle.id}_{step}_{i}"
-                self._add_to_both(context, "call", name=call.name, arguments=arguments, call_id=call_id)
-                tool = agent.tool(call.name)
-                if tool is None:
-                    output, is_error, value = f"error: there is no tool named {call.name!r}", True, None
-                else:
-                    result = await tool.call(arguments)
-                    output, is_error, value = result.output, result.is_error, result.value
-                from ..agent import Agent
-
-                if isinstance(value, Agent):
-                    handoff = value
-                    output = f"transferred to {type(value).__name__}"
-                self._add_to_both(context, "output", name=call.name, call_id=call_id, output=output, is_error=is_error)
+            handoff = await self._run_tools(utterance, calls, step, inline_messages)
+            for piece in held:
+                sentences.send_nowait(piece)
             if handoff is not None:
-                self.session._request_handoff(handoff)
+                host.hand_over(handoff)
                 break
-        for sentence in splitter.flush():
-            sentences.send_nowait(sentence)
 
-    def _add_to_both(self, context: ChatContext, kind: str, **fields: Any) -> None:
-        """Tool items go into the LLM's context and, when that is a copy, the agent's too."""
-        targets = [context] if context is self.agent.chat_context else [context, self.agent.chat_context]
-        for ctx in targets:
-            if kind == "call":
-                ctx.add_function_call(**fields)
+    async def _run_tools(self, utterance: Utterance, calls: list[ToolCall], step: int, inline_messages: list[ChatMessage]) -> Any:
+        """Run one step's tool calls in order; returns an agent to hand over to, if one was returned."""
+        host = self.host
+        context = host.agent.chat_context
+        call_items: list[FunctionCall] = []
+        for i, call in enumerate(calls):
+            arguments = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
+            call_items.append(context.add_function_call(name=call.name, arguments=arguments, call_id=call.call_id or f"{utterance.handle.id}_{step}_{i}"))
+        started = trio.current_time()
+        outputs: list[FunctionCallOutput] = []
+        handoff = None
+        for item in call_items:
+            tool = host.agent.tool(item.name)
+            if tool is None:
+                output, is_error, value = f"error: there is no tool named {item.name!r}", True, None
             else:
-                ctx.add_function_output(**fields)
+                result = await tool.call(item.arguments)
+                output, is_error, value = result.output, result.is_error, result.value
+            if isinstance(value, Agent):
+                handoff = value
+                output = f"transferred to {type(value).__name__}"
+            outputs.append(context.add_function_output(name=item.name, call_id=item.call_id, output=output, is_error=is_error))
+        # What a tool said while it ran comes after the outputs (a valid history), in order.
+        context.items.extend(inline_messages)
+        inline_messages.clear()
+        utterance.note(
+            tool_calls=utterance.metrics.tool_calls + len(calls),
+            tool_seconds=utterance.metrics.tool_seconds + trio.current_time() - started,
+        )
+        committed: list[ChatItem] = [*call_items, *outputs]
+        for chat_item in committed:
+            host.emit("conversation_item_added", ConversationItemAdded(chat_item))
+        host.emit("function_tools_executed", FunctionToolsExecuted(tuple(call_items), tuple(outputs)))
+        return handoff
 
-    async def _speak(self, sentences: trio.MemoryReceiveChannel[str], handle: UtteranceHandle, state: dict[str, Any] | None) -> None:
+    async def _speak(self, pieces: trio.MemoryReceiveChannel[_Piece], utterance: Utterance) -> None:
         """Synthesise sentences as they come and play them; return when played out."""
-        session = self.session
-        voice: MixerSource = session.mixer.add_source(self.tts.sample_rate, voice=True, name=handle.id)
-        handle._voice = voice
-        spoken = _Spoken()
-        first = True
-        try:
-            async with sentences:
-                async for sentence in sentences:
-                    if state is not None and state["metrics"].tts_started_at is None:
-                        state["metrics"] = attrs.evolve(state["metrics"], tts_started_at=trio.current_time())
-                    duration = 0.0
-                    async with aclosing(self.tts.synthesize(sentence)) as frames:  # type: ignore[type-var]
-                        async for frame in frames:
-                            if frame.sample_rate != self.tts.sample_rate:
-                                raise ProviderError(
-                                    f"{type(self.tts).__name__} said {self.tts.sample_rate} Hz but sent {frame.sample_rate} Hz",
-                                    provider=type(self.tts).__name__,
-                                )
-                            if first:
-                                first = False
-                                if self._turn.speaking:
-                                    handle.interrupt("user is speaking")  # never start over the user
-                                    return
-                                if state is not None:
-                                    state["metrics"] = attrs.evolve(state["metrics"], tts_first_byte_at=trio.current_time())
-                                session._stop_thinking_audio_nowait()  # fades out as the voice starts
-                                session._emit_agent_state(AgentState.SPEAKING)
-                                if session.user_state is UserState.IDLE:
-                                    session._emit_user_state(UserState.LISTENING)
-                                session.emit("on_speech_out", {"text": handle.text, "utterance_id": handle.id})
-                            voice.push(frame)
-                            duration += frame.duration
-                    spoken.segments.append((sentence, duration))
-            voice.end()
-            await voice.wait_played_out()
-            handle.started_at = voice.started_at
-        finally:
-            voice.stop()
-            handle.started_at = voice.started_at
-            if handle.interrupted:
-                # What left the mixer, less what the listener never heard (still buffered in
-                # the network or the phone when the output was cleared).
-                handle.spoken_text = spoken.played_text(max(0.0, voice.played_duration - handle._unheard))
-                message = handle._chat_message
-                if message is not None:
-                    message.content = handle.spoken_text
-                    message.interrupted = True
-            else:
-                handle.spoken_text = " ".join(s for s, _ in spoken.segments)
+        utterance.open_voice(self.tts.sample_rate)
+        audio = 0.0
+        async with pieces:
+            async for piece in pieces:
+                if piece.child is not None:
+                    utterance.when_heard(utterance.audio_position, piece.child)
+                    continue
+                if utterance.metrics.tts_started_at is None:
+                    utterance.note(tts_started_at=trio.current_time())
+                duration = 0.0
+                async with aclosing(self.tts.synthesize(piece.text)) as frames:  # type: ignore[type-var]
+                    async for frame in frames:
+                        if utterance.metrics.tts_first_byte_at is None:
+                            utterance.note(tts_first_byte_at=trio.current_time())
+                        utterance.push_audio(frame)
+                        duration += frame.duration
+                utterance.spoken(piece.text, duration, piece.message)
+                audio += duration
+                utterance.note(tts_audio_seconds=audio)
+        utterance.end_audio()
+        await utterance.wait_played_out()
+
 

@@ -6,6 +6,7 @@ from .base import TTS as TTS
 from .base import VAD as VAD
 from .base import LLMChunk as LLMChunk
 from .base import TextDelta as TextDelta
+from .base import Usage as Usage
 from .base import ToolCall as ToolCall
 from .base import TranscriptEvent as TranscriptEvent
 from .base import TurnDetector as TurnDetector

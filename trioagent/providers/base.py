@@ -16,7 +16,7 @@ from ..audio.frame import AudioFrame
 from ..chat import ChatContext
 from ..tools import FunctionTool
 
-__all__ = ["VADEvent", "VAD", "TranscriptEvent", "STT", "TurnDetector", "TextDelta", "ToolCall", "LLMChunk", "LLM", "TTS"]
+__all__ = ["VADEvent", "VAD", "TranscriptEvent", "STT", "TurnDetector", "TextDelta", "ToolCall", "Usage", "LLMChunk", "LLM", "TTS"]
 
 
 @attrs.frozen
@@ -99,14 +99,22 @@ class ToolCall:
     call_id: str = ""
 
 
-LLMChunk = Union[TextDelta, ToolCall]
+@attrs.frozen
+class Usage:
+    """Tokens one LLM call used, when the model reports them (usually its last chunk)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+LLMChunk = Union[TextDelta, ToolCall, Usage]
 
 
 @runtime_checkable
 class LLM(Protocol):
     """A streaming chat model.
 
-    `chat` returns an async iterator of text deltas and tool calls. The pipeline consumes it
+    `chat` returns an async iterator of text deltas, tool calls and (optionally) `Usage`. The pipeline consumes it
     inside the reply's cancel scope and closes it (``aclose()``) when the reply ends or is
     interrupted, so an implementation should release its connection in ``finally``.
     """

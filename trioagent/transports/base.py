@@ -9,7 +9,7 @@ import trio
 
 from ..audio.frame import AudioFrame
 
-__all__ = ["Transport", "NullTransport"]
+__all__ = ["Transport", "PlayoutTracking", "NullTransport"]
 
 
 @runtime_checkable
@@ -41,6 +41,17 @@ class Transport(Protocol):
 
     async def aclose(self) -> None:
         """Release the transport. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class PlayoutTracking(Protocol):
+    """A transport that can tell how much sent audio the listener has not heard yet (Twilio
+    marks, the browser's echoed marks), so a barge-in keeps in the chat context only what was
+    heard."""
+
+    def unplayed(self) -> float:
+        """Seconds of audio sent but not yet played at the far end (0 when unknown)."""
         ...
 
 
