@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from typing import Union
+from typing import Any, Union
 
 import attrs
 
@@ -113,22 +113,24 @@ class ChatContext:
         self.items = head + tail
         return self
 
-    def to_openai(self) -> list[dict[str, object]]:
-        """The items as OpenAI chat-completions messages."""
-        out: list[dict[str, object]] = []
+    def to_openai(self) -> list[dict[str, Any]]:
+        """The items as OpenAI chat-completions messages.
+
+        Tool calls join the assistant message just before them (the text an LLM step wrote
+        before calling them), or one of their own; calls made together share one message, and
+        their outputs follow as ``tool`` messages.
+        """
+        out: list[dict[str, Any]] = []
         for item in self.items:
             if isinstance(item, ChatMessage):
                 out.append({"role": item.role.value, "content": item.content})
             elif isinstance(item, FunctionCall):
-                out.append(
-                    {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [
-                            {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
-                        ],
-                    }
-                )
+                call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+                last = out[-1] if out else None
+                if last is not None and last["role"] == "assistant":
+                    last.setdefault("tool_calls", []).append(call)
+                else:
+                    out.append({"role": "assistant", "content": None, "tool_calls": [call]})
             else:
                 out.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
         return out

@@ -192,7 +192,8 @@ class MixerSource:
 
     def call_when_played(self, position: float, callback: Callable[[], None]) -> None:
         """Call `callback` (sync, from the mixer's tick; it must not raise) once `position`
-        seconds of this source's audio have been mixed, or when it is played out. Dropped if
+        seconds of this source's audio have been played: at the tick after the frame holding
+        that point (as `played_out_at` is for the end), or when it is played out. Dropped if
         the source is stopped first."""
         target = math.ceil(position * self._mixer_rate - 0.5)
         self._marks.append((target, callback))
@@ -361,10 +362,10 @@ class Mixer:
         for s in sources:
             if s._level == 1.0 and s._queued >= n and not (s._stopping or s._paused):
                 # The steady state: a full frame queued, no fade under way.
-                chunk, got = s._take(n)
-                s.played_samples += got
                 if s._marks:
                     s._fire_marks()
+                chunk, got = s._take(n)
+                s.played_samples += got
                 acc += chunk * (s.gain if s.voice else s.gain * duck)
                 if s._ended and s._queued == 0 and not s.loop:
                     s._level = 0.0  # played out on the next tick
@@ -372,6 +373,8 @@ class Mixer:
                 continue
             if s._finished:
                 continue
+            if s._marks:
+                s._fire_marks()  # (audio mixed in earlier frames has played by now)
             if s._ended and s._queued == 0 and s._level == 0.0 and not s.loop and s.played_samples:
                 # Its last sample went out in the previous frame: that frame has now been played.
                 s._finish(now)
@@ -402,8 +405,6 @@ class Mixer:
             if s.started_at is None:
                 s.started_at = now
             s.played_samples += got
-            if s._marks:
-                s._fire_marks()
             env, s._level = _ramp(s._level, 0.0 if silent else 1.0, step, n, steps)
             g = s.gain if s.voice else s.gain * duck
             acc += chunk * (g * env)

@@ -11,7 +11,7 @@ import trio
 from ..audio.frame import AudioFrame
 from ..chat import ChatContext
 from ..errors import ProviderError
-from ..providers.base import LLMChunk, TextDelta, ToolCall, TranscriptEvent
+from ..providers.base import LLMChunk, TextDelta, ToolCall, TranscriptEvent, Usage
 from ..providers.vad import EnergyVAD
 from ..tools import FunctionTool
 
@@ -62,19 +62,28 @@ class ScriptedSTT:
 class ScriptedLLM:
     """Each call to `chat` plays the next entry of the script.
 
-    An entry is a string (streamed word by word), a `ToolCall`, or a list of `ToolCall`s (parallel
-    calls). Every call waits `ttft` seconds before its first chunk and `word_delay` between words.
-    `calls` keeps a copy of the chat context each call saw. An entry `None` hangs forever (a
-    provider that never answers).
+    An entry is a string (streamed word by word), a `ToolCall`, or a list of strings and
+    `ToolCall`s played in order (text before a tool call, parallel calls). Every call waits
+    `ttft` seconds before its first chunk and `word_delay` between words. `calls` keeps a copy of
+    the chat context each call saw. An entry `None` hangs forever (a provider that never
+    answers). With `report_usage`, each call ends with a `Usage` (prompt tokens: the words of
+    the context; completion tokens: the words streamed).
 
     Raises:
         ProviderError: the script is used up.
     """
 
-    def __init__(self, script: Sequence[str | ToolCall | list[ToolCall] | None], ttft: float = 0.0, word_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        script: Sequence[str | ToolCall | list[str | ToolCall] | None],
+        ttft: float = 0.0,
+        word_delay: float = 0.0,
+        report_usage: bool = False,
+    ) -> None:
         self.script = list(script)
         self.ttft = ttft
         self.word_delay = word_delay
+        self.report_usage = report_usage
         self.calls: list[ChatContext] = []
         self.tools_seen: list[list[str]] = []
 
@@ -85,19 +94,23 @@ class ScriptedLLM:
         if n >= len(self.script):
             raise ProviderError(f"ScriptedLLM: the script has {len(self.script)} entries; call {n + 1} has none", provider="ScriptedLLM")
         entry = self.script[n]
+        prompt = sum(len(m.content.split()) for m in chat_context.messages)
         await trio.sleep(self.ttft)
         if entry is None:
             await trio.sleep_forever()
-        if isinstance(entry, ToolCall):
-            entry = [entry]
-        if isinstance(entry, list):
-            for i, call in enumerate(entry):
-                yield ToolCall(call.name, call.arguments, call.call_id or f"call_{n}_{i}")
-            return
-        for i, word in enumerate(entry.split(" ")):
-            if i and self.word_delay:
-                await trio.sleep(self.word_delay)
-            yield TextDelta(word if i == 0 else " " + word)
+        parts: list[str | ToolCall] = entry if isinstance(entry, list) else [entry]
+        words = 0
+        for j, part in enumerate(parts):
+            if isinstance(part, ToolCall):
+                yield ToolCall(part.name, part.arguments, part.call_id or f"call_{n}_{j}")
+                continue
+            for i, word in enumerate(part.split(" ")):
+                if (i or words) and self.word_delay:
+                    await trio.sleep(self.word_delay)
+                words += 1
+                yield TextDelta(word if i == 0 else " " + word)
+        if self.report_usage:
+            yield Usage(prompt_tokens=prompt, completion_tokens=words)
 
 
 class ToneTTS:
