@@ -187,12 +187,14 @@ class SpeechQueue:
         """Nothing runs (no task either) and nothing waits."""
         return self._active is None and not self._waiting
 
+    def pending(self) -> tuple[UtteranceHandle, ...]:
+        """The current utterance (if not finished) and the waiting ones, in order."""
+        current = self.current
+        return ((current,) if current is not None else ()) + tuple(self._waiting)
+
     def pending_reply(self) -> UtteranceHandle | None:
         """A reply or turn answer that is running or waiting, if any."""
-        for h in ([self.current] if self.current is not None else []) + self._waiting:
-            if h.source in _REPLIES:
-                return h
-        return None
+        return next((h for h in self.pending() if h.source in _REPLIES), None)
 
     def waiting_user_turn(self) -> UtteranceHandle | None:
         """The answer to a user turn that has not started yet, if any."""
@@ -263,11 +265,11 @@ class SpeechQueue:
 
     def close(self) -> Step:
         """Cut everything, interruptible or not. Nothing starts afterwards."""
-        cut = [h for h in ([self.current] if self.current is not None else []) + self._waiting]
+        cut = self.pending()
         self._waiting.clear()
         for h in cut:
             self._move(h, Move.INTERRUPT)
-        return Step(tuple(cut))
+        return Step(cut)
 
     # -- internals ----------------------------------------------------------------------------
     def _start_next(self) -> UtteranceHandle | None:

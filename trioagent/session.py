@@ -374,6 +374,11 @@ class AgentSession(EventEmitter):
         self._update_states()
         deadline = trio.current_time() + self.close_grace
         with trio.CancelScope(shield=True):
+            # Turns that will never be answered are still what the user said: keep them.
+            for handle in self._scheduler.queue.pending():
+                turn = handle._utterance.user_turn
+                if turn is not None and turn.message is None:
+                    self._keep_unanswered(turn)
             self._scheduler.close()
             self._wake_pause("closing")
             self._unhook_agent(self.agent)
@@ -508,6 +513,15 @@ class AgentSession(EventEmitter):
                 turn = earlier.merge(turn)
         handle = UtteranceHandle(source=SpeechSource.USER_TURN, interruptible=self.pipeline.allow_interruptions)
         self._submit(Utterance(handle, self._outlet, user_turn=turn))
+
+    def _keep_unanswered(self, turn: UserTurn) -> None:
+        """Put a user turn into the chat context without answering it (once)."""
+        context = self.agent.chat_context
+        if turn.message is not None and turn.message in context.items:
+            turn.message.content = turn.text
+        else:
+            turn.message = context.add_message(role=ChatRole.USER, content=turn.text)
+        self._item_added(turn.message)
 
     def interrupt(self, *, force: bool = False) -> None:
         """Interrupt the agent's current speech if it is interruptible (any, with `force`), and
@@ -772,10 +786,8 @@ class _Host:
     def user_turn(self, turn: UserTurn) -> None:
         self._session._submit_user_turn(turn)
 
-    def user_backchannel(self, text: str) -> None:
-        session = self._session
-        message = session.agent.chat_context.add_message(role=ChatRole.USER, content=text)
-        session._item_added(message)
+    def keep_unanswered(self, turn: UserTurn) -> None:
+        self._session._keep_unanswered(turn)
 
     def emit(self, name: str, payload: Any) -> None:
         self._session.emit(name, payload)

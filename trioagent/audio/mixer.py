@@ -177,6 +177,11 @@ class MixerSource:
         return self._paused
 
     @property
+    def playing(self) -> bool:
+        """Started, and neither finished, paused nor stopped (fading out counts as stopped)."""
+        return self.started_at is not None and not (self._finished or self._stopping or self._paused)
+
+    @property
     def queued_duration(self) -> float:
         """Seconds of audio waiting to be mixed."""
         return self._queued / self._mixer_rate

@@ -98,8 +98,9 @@ class PipelineHost(Protocol):
         turn still waiting for its answer is merged into this one)."""
         ...
 
-    def user_backchannel(self, text: str) -> None:
-        """Speech over the agent that took no turn ("mm-hmm"): into the chat context, unanswered."""
+    def keep_unanswered(self, turn: UserTurn) -> None:
+        """User speech that takes no turn (a backchannel, "mm-hmm", over the agent; or words
+        still pending when the session closes): into the chat context, unanswered."""
         ...
 
     # -- answering -----------------------------------------------------------------------------

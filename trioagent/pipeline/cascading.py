@@ -161,6 +161,10 @@ class CascadingPipeline:
         return self._host
 
     async def cleanup(self) -> None:
+        # Words of a turn that never ended (the session closes first) are still what the user said.
+        turn, self._turn = self._turn, _TurnState()
+        if turn.text() and self._host is not None:
+            self._host.keep_unanswered(self._user_turn(turn, None))
         await trio.lowlevel.checkpoint()
 
     # -- listening ---------------------------------------------------------------------------
@@ -368,21 +372,24 @@ class CascadingPipeline:
         if turn.over_agent and not turn.barged_in and host.speech_interruptible:
             # Spoken over the agent, who is still at it, and not an interruption: a backchannel
             # ("mm-hmm", "right"). Into the context, unanswered; the agent plays on.
-            host.user_backchannel(text)
+            host.keep_unanswered(self._user_turn(turn, now))
             self._resume("backchannel")
             return
         self._resume("end of turn")  # (a hold of something that is not interruptible: none)
+        host.user_turn(self._user_turn(turn, now))
+
+    def _user_turn(self, turn: _TurnState, now: float | None) -> UserTurn:
         self._turn_count += 1
         metrics = TurnMetrics(
             turn_id=f"turn_{self._turn_count}",
-            user_text=text,
+            user_text=turn.text(),
             user_speech_start=turn.start,
             user_speech_end=turn.speech_end,
             stt_final_at=turn.stt_final_at,
             end_of_turn_at=now,
         )
-        new = UserTurn(text if turn.carried is None else turn.new_text(), metrics)
-        host.user_turn(new if turn.carried is None else turn.carried.merge(new))
+        new = UserTurn(turn.new_text(), metrics)
+        return new if turn.carried is None else turn.carried.merge(new)
 
     # -- speaking ----------------------------------------------------------------------------
     async def say(self, utterance: Utterance) -> None:
