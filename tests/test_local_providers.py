@@ -12,6 +12,7 @@ import trio
 from trioagent import AudioFrame, ChatContext, ChatRole, FunctionTool
 from trioagent.audio import read_wav, resample, write_wav
 from trioagent.providers import EnergyVAD, TextDelta, ToolCall
+from trioagent.providers.vad import PreRoll
 from trioagent.providers.espeak import EspeakTTS
 from trioagent.providers.pocketsphinx import DEMO_GRAMMAR, PocketsphinxSTT
 from trioagent.providers.rule_llm import RuleLLM
@@ -96,6 +97,44 @@ async def test_pocketsphinx_recognises_tts_phrases(autojump_clock: trio.testing.
     wer = word_errors(" ".join(PHRASES), " ".join(finals)) / sum(len(p.split()) for p in PHRASES)
     assert wer <= 0.25, (wer, finals)  # 14% measured (NOTES.md); the general model is far worse
     assert any(not final for _, final in events)  # interim transcripts while speaking
+
+
+@pytest.mark.parametrize("interim", [None, 0.5])
+async def test_pocketsphinx_segment_starts_before_the_true_onset(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, interim: float | None
+) -> None:
+    """A soft first sound (a quiet consonant, below the VAD's threshold) comes before the onset
+    the VAD reports; a VAD that needs 0.3 s of speech is sure of it late. The decoder must still
+    get the audio from before the soft start."""
+    decoded: list[bytes] = []
+
+    def final(decoder: object, pcm: bytes, live: bool) -> str:
+        decoded.append(pcm)
+        return "heard"
+
+    monkeypatch.setattr(PocketsphinxSTT, "_final", staticmethod(final))
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    signal = np.zeros(len(t))
+    signal[(t >= 1.0) & (t < 1.15)] = 0.004 * np.sin(2 * np.pi * 2500 * t[(t >= 1.0) & (t < 1.15)])  # -51 dBFS: a soft "b"
+    signal[(t >= 1.15) & (t < 2.0)] = 0.3 * np.sin(2 * np.pi * 200 * t[(t >= 1.15) & (t < 2.0)])  # then the vowel
+    audio = np.rint(signal * 32767).astype(np.int16)
+    events = await run_stt(PocketsphinxSTT(interim_interval=interim, vad=EnergyVAD(min_speech_duration=0.3)), audio)
+    assert ("heard", True) in events
+    pcm = np.frombuffer(decoded[0], np.int16)
+    start = round((1.15 - 0.3) * rate)  # the reported onset less the 0.3 s pre-roll
+    assert np.array_equal(pcm, audio[start : start + len(pcm)])  # one continuous piece from there
+    assert start / rate <= 1.0  # at or before the true (soft) onset
+
+
+def test_preroll_keeps_its_span_and_cuts_to_the_sample() -> None:
+    ring = PreRoll(seconds=0.5)
+    for i in range(100):
+        ring.push(AudioFrame(np.full(320, i, np.int16), 16000, 1, i * 0.02))  # 0 .. 2.0 s
+    cut = ring.since(1.51)
+    assert cut[0].timestamp == pytest.approx(1.51) and len(cut[0].samples) == 160 and cut[0].samples[0] == 75
+    assert sum(len(f.samples) for f in cut) == round(0.49 * 16000)
+    assert ring.since(0.0)[0].timestamp == pytest.approx(1.5)  # no further back than it keeps
 
 
 def test_rule_llm_intents() -> None:

@@ -1,7 +1,8 @@
 """`PocketsphinxSTT`: offline streaming speech recognition with the model in the pocketsphinx wheel.
 
-How this works: an `EnergyVAD` finds each speech segment; a short pre-roll before the detected
-onset is kept so the first phoneme is not lost. While the user speaks, each `interim_interval`
+How this works: an `EnergyVAD` finds each speech segment; the segment handed to the decoder starts
+`preroll` (0.3 s) before the onset the VAD reports, from a ring of recent audio long enough to
+reach back past the VAD's detection delay, so the first sound of the first word is never lost. While the user speaks, each `interim_interval`
 of new audio is decoded live (in a worker thread: pocketsphinx holds the GIL for a whole call, so
 the calls are kept small) for an interim transcript. When the VAD ends the segment, the whole
 segment is decoded once more in one call for the final transcript: live decoding estimates the
@@ -11,7 +12,6 @@ for "hello there"). A segment of a few seconds decodes in a few hundred millisec
 
 from __future__ import annotations
 
-import collections
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from .._compute import run_blocking
 from ..audio.frame import AudioFrame
 from ..errors import ProviderError
 from .base import VAD, TranscriptEvent
-from .vad import EnergyVAD
+from .vad import EnergyVAD, PreRoll
 
 __all__ = ["PocketsphinxSTT", "DEMO_GRAMMAR"]
 
@@ -52,7 +52,8 @@ class PocketsphinxSTT:
     Args:
         interim_interval: seconds of speech between interim transcripts (each decodes only the
             new audio, in a worker thread); None: final transcripts only.
-        preroll: seconds of audio before the VAD's onset fed to the decoder.
+        preroll: seconds of audio before the VAD's onset fed to the decoder (the ring reaches
+            back this much plus one second, past any VAD's detection delay).
         vad: segments speech (default `EnergyVAD()` with the pipeline's defaults; `SileroVAD()` ignores noise).
         grammar: a JSGF grammar to restrict what can be heard (e.g. `DEMO_GRAMMAR`); far more
             accurate inside its domain, blind outside it. None: the general US English model.
@@ -63,7 +64,7 @@ class PocketsphinxSTT:
     def __init__(
         self,
         interim_interval: float | None = 0.5,
-        preroll: float = 0.2,
+        preroll: float = 0.3,
         vad: VAD | None = None,
         grammar: str | None = None,
     ) -> None:
@@ -75,7 +76,7 @@ class PocketsphinxSTT:
     async def run(self, audio: trio.abc.ReceiveChannel[AudioFrame], events: trio.abc.SendChannel[TranscriptEvent]) -> None:
         async with audio, events:
             decoder = await run_blocking(_new_decoder, self.grammar)
-            recent: collections.deque[AudioFrame] = collections.deque(maxlen=max(1, round((self.preroll + 0.2) / 0.02)))
+            recent = PreRoll(seconds=self.preroll + 1.0)
             utterance: list[AudioFrame] = []  # the whole segment, for the final decode
             pending: list[AudioFrame] = []  # not yet fed to the live (interim) decode
             in_speech = False
@@ -83,11 +84,11 @@ class PocketsphinxSTT:
             async for frame in audio:
                 if frame.sample_rate != self.sample_rate:
                     raise ProviderError(f"PocketsphinxSTT takes {self.sample_rate} Hz, got {frame.sample_rate} Hz", provider="PocketsphinxSTT")
-                recent.append(frame)
+                recent.push(frame)
                 for event in self.vad.process(frame):
                     if event.kind == "start":
                         in_speech = True
-                        utterance = [f for f in recent if f.end_time > event.time - self.preroll]
+                        utterance = recent.since(event.time - self.preroll)
                         pending = list(utterance)
                         last_interim = ""
                         if self.interim_interval is not None:
@@ -100,7 +101,7 @@ class PocketsphinxSTT:
                             await events.send(TranscriptEvent(text, True, trio.current_time()))
                 if not in_speech:
                     continue
-                if utterance[-1] is not frame:  # (the pre-roll may hold it already)
+                if utterance[-1].end_time < frame.end_time:  # (the pre-roll may hold it already)
                     utterance.append(frame)
                     pending.append(frame)
                 if self.interim_interval is not None and sum(f.duration for f in pending) >= self.interim_interval - 1e-9:

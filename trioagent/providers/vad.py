@@ -3,13 +3,15 @@ window-by-window detector (`SileroVAD` too) uses to turn decisions into start an
 
 from __future__ import annotations
 
+import collections
+
 import attrs
 import numpy as np
 
 from ..audio.frame import AudioFrame
 from .base import VADEvent
 
-__all__ = ["EnergyVAD", "Segmenter"]
+__all__ = ["EnergyVAD", "PreRoll", "Segmenter"]
 
 
 @attrs.define(eq=False)
@@ -63,6 +65,38 @@ class Segmenter:
             self.speaking = False
             return VADEvent("end", end)
         return None
+
+
+@attrs.define(eq=False)
+class PreRoll:
+    """The last `seconds` of a stream, so a speech segment can start where the speech did.
+
+    A VAD is sure of speech only some time after it began (`min_speech_duration`, plus its
+    window), and reports the true onset then; an STT that decodes segments must reach back to
+    that onset and a little before it, or it loses the first word's first sound. Keep `seconds`
+    at least the pre-roll wanted plus the VAD's detection delay.
+    """
+
+    seconds: float = 1.0
+    _frames: collections.deque[AudioFrame] = attrs.field(init=False, factory=collections.deque)
+
+    def push(self, frame: AudioFrame) -> None:
+        self._frames.append(frame)
+        while self._frames and self._frames[0].end_time <= frame.end_time - self.seconds:
+            self._frames.popleft()
+
+    def since(self, t: float) -> list[AudioFrame]:
+        """The audio kept from session time `t` on (cut to the sample); from the oldest kept
+        when `t` is older."""
+        out: list[AudioFrame] = []
+        for frame in self._frames:
+            if frame.end_time <= t:
+                continue
+            if frame.timestamp < t:
+                skip = min(len(frame.samples), round((t - frame.timestamp) * frame.sample_rate))
+                frame = AudioFrame(frame.samples[skip:], frame.sample_rate, frame.channels, frame.timestamp + skip / frame.sample_rate)
+            out.append(frame)
+        return out
 
 
 @attrs.define(eq=False)
