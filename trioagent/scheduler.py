@@ -46,18 +46,17 @@ import contextvars
 import enum
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 import trio
 
 from .errors import TrioAgentError
 
-if TYPE_CHECKING:
-    from .utterance import Utterance, UtteranceHandle
-
 __all__ = [
+    "Job",
     "Move",
     "SpeechQueue",
     "SpeechScheduler",
@@ -66,8 +65,10 @@ __all__ = [
     "Step",
     "TRANSITIONS",
     "UserSpeechEffect",
+    "UtteranceHandle",
     "UtteranceState",
     "advance",
+    "running_handle",
 ]
 
 _log = logging.getLogger("trioagent.scheduler")
@@ -141,6 +142,92 @@ def advance(state: UtteranceState, move: Move) -> UtteranceState:
         raise SpeechStateError(f"an utterance cannot {move.value} when {state.value}") from None
 
 
+class UtteranceHandle:
+    """Tracks one utterance (a `say()`, a `reply()` or the answer to a user turn) from the
+    moment it is queued to its last sample.
+
+    The handle owns the cancel scope of the utterance's LLM, tool, TTS and playout work:
+    `interrupt()` cancels it and silences the voice at once (the next mixer tick fades it out).
+    ``await handle`` returns when the audio has finished playing or was interrupted; it never
+    raises. Its state moves only through the lifecycle table above.
+
+    Attributes:
+        id: unique, for logs and events.
+        source: who asked for it (`SpeechSource`: say, reply, user turn, tool).
+        interruptible: whether user speech, `say()`, `reply()` and `interrupt()` may cut it
+            (`interrupt(force=True)` always may).
+        text: everything it was asked to say (filled in as the LLM writes).
+        spoken_text: what was heard; equals the text unless interrupted (final once done).
+        started_at: session time its first audio frame was played.
+        interrupt_reason: why it was cut, if it was.
+    """
+
+    def __init__(
+        self,
+        utterance_id: str | None = None,
+        *,
+        source: SpeechSource = SpeechSource.SAY,
+        interruptible: bool = True,
+    ) -> None:
+        self.id = utterance_id or f"utt_{uuid.uuid4().hex[:8]}"
+        self.source = source
+        self.interruptible = interruptible
+        self.text = ""
+        self.spoken_text = ""
+        self.started_at: float | None = None
+        self.interrupt_reason: str | None = None
+        self._state = UtteranceState.QUEUED
+        self._scope = trio.CancelScope()
+        self._done = trio.Event()
+        self._interrupt_hook: Callable[[UtteranceHandle, bool], object] | None = None
+
+    @classmethod
+    def finished(cls, utterance_id: str, *, source: SpeechSource = SpeechSource.REPLY) -> UtteranceHandle:
+        """A handle that is already done (an empty `reply("")`)."""
+        handle = cls(utterance_id, source=source)
+        handle._move(Move.START)
+        handle._end(Move.FINISH)
+        return handle
+
+    @property
+    def state(self) -> UtteranceState:
+        return self._state
+
+    @property
+    def interrupted(self) -> bool:
+        return self._state is UtteranceState.INTERRUPTED
+
+    def done(self) -> bool:
+        """True once the audio has finished playing or the utterance was interrupted."""
+        return self._state in FINAL
+
+    def interrupt(self, *, force: bool = False) -> None:
+        """Cut the utterance now, if it is interruptible (or `force`). Idempotent; a no-op on a
+        finished one. Not a checkpoint."""
+        if self._interrupt_hook is not None:
+            self._interrupt_hook(self, force)
+
+    async def wait(self) -> None:
+        """Wait until done (played out or interrupted). A checkpoint."""
+        await self._done.wait()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._done.wait().__await__()
+
+    def __repr__(self) -> str:
+        return f"<UtteranceHandle {self.id} {self.source.value} {self._state.value}>"
+
+    def _move(self, move: Move) -> None:
+        self._state = advance(self._state, move)
+
+    def _end(self, move: Move, reason: str | None = None) -> None:
+        """Finish or interrupt, wake the waiters (a handle that never ran, or a tool's say)."""
+        self._move(move)
+        if move is Move.INTERRUPT:
+            self.interrupt_reason = self.interrupt_reason or reason
+        self._done.set()
+
+
 class UserSpeechEffect(str, enum.Enum):
     """What the user's speech does to the current utterance."""
 
@@ -172,6 +259,11 @@ class SpeechQueue:
         """The most recently started handle (the seed's `current_utterance` after it ends)."""
 
     # -- reading ------------------------------------------------------------------------------
+    @property
+    def active(self) -> UtteranceHandle | None:
+        """The handle whose task runs (it may be interrupted already, its cleanup running)."""
+        return self._active
+
     @property
     def current(self) -> UtteranceHandle | None:
         """The utterance being worked on or heard, if it is not finished."""
@@ -282,20 +374,47 @@ class SpeechQueue:
 
     @staticmethod
     def _move(handle: UtteranceHandle, move: Move) -> None:
-        handle._state = advance(handle.state, move)
+        handle._move(move)
 
 
-# The utterance whose work runs in this task (and the tasks it starts): how a say() from a tool
+# The handle whose work runs in this task (and the tasks it starts): how a say() from a tool
 # finds the reply it belongs to.
-_running: contextvars.ContextVar[Utterance | None] = contextvars.ContextVar("trioagent_utterance", default=None)
+_running: contextvars.ContextVar[UtteranceHandle | None] = contextvars.ContextVar("trioagent_utterance", default=None)
 
 
-def running_utterance() -> Utterance | None:
+def running_handle() -> UtteranceHandle | None:
     """The utterance whose work the calling task belongs to, if any."""
     return _running.get()
 
 
-class SpeechScheduler:
+class Job(Protocol):
+    """What the scheduler needs of an utterance's work besides its handle (`Utterance` is one)."""
+
+    @property
+    def handle(self) -> UtteranceHandle: ...
+
+    @property
+    def audible(self) -> bool:
+        """Being heard right now (not held, paused or silenced)."""
+        ...
+
+    def hold(self) -> None:
+        """Keep the audio back (the user spoke before it was heard)."""
+        ...
+
+    def silence(self) -> None:
+        """Stop the audio now (interrupted)."""
+        ...
+
+    def settle(self) -> None:
+        """The utterance is over: record what was heard. Idempotent."""
+        ...
+
+
+J = TypeVar("J", bound=Job)
+
+
+class SpeechScheduler(Generic[J]):
     """Runs a session's utterances one at a time, each in its own cancel scope.
 
     Args:
@@ -310,18 +429,19 @@ class SpeechScheduler:
 
     def __init__(
         self,
-        work: Callable[[Utterance], Awaitable[None]],
+        work: Callable[[J], Awaitable[None]],
         *,
         on_change: Callable[[], None],
-        on_interrupted: Callable[[Utterance, bool], None],
-        on_finished: Callable[[Utterance], None],
+        on_interrupted: Callable[[J, bool], None],
+        on_finished: Callable[[J], None],
     ) -> None:
         self.queue = SpeechQueue()
         self._work = work
         self._on_change = on_change
         self._on_interrupted = on_interrupted
         self._on_finished = on_finished
-        self._start_send, self._start_receive = trio.open_memory_channel["Utterance"](math.inf)
+        self._jobs: dict[UtteranceHandle, J] = {}
+        self._start_send, self._start_receive = trio.open_memory_channel[UtteranceHandle](math.inf)
         self._closed = False
         self._idle = trio.Event()
         self._idle.set()
@@ -334,17 +454,29 @@ class SpeechScheduler:
     def closed(self) -> bool:
         return self._closed
 
+    def job(self, handle: UtteranceHandle) -> J:
+        """The work of a handle that is running or waiting.
+
+        Raises:
+            KeyError: it is not (any more).
+        """
+        return self._jobs[handle]
+
+    def owns(self, handle: UtteranceHandle) -> bool:
+        """Whether `handle` is running or waiting here."""
+        return handle in self._jobs
+
     # -- commands (sync: none of them awaits) ----------------------------------------------------
-    def submit(self, utterance: Utterance) -> None:
+    def submit(self, job: J) -> None:
+        handle = job.handle
         if self._closed:
-            utterance.handle._state = UtteranceState.INTERRUPTED
-            utterance.handle.interrupt_reason = "session closed"
-            utterance.handle._done.set()
+            handle._end(Move.INTERRUPT, "session closed")
             return
-        utterance._scheduler = self
-        utterance.handle._interrupt_hook = self.interrupt
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        self._apply(self.queue.submit(utterance.handle), "replaced")
+        handle._interrupt_hook = self.interrupt
+        self._jobs[handle] = job
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._apply(self.queue.submit(handle), "replaced")
 
     def interrupt(self, handle: UtteranceHandle, force: bool = False, reason: str = "interrupted") -> bool:
         """Cut `handle` (if interruptible, or `force`). Returns whether it was cut."""
@@ -362,7 +494,7 @@ class SpeechScheduler:
         effect = self.queue.user_started_speaking()
         current = self.queue.current
         if effect is UserSpeechEffect.HELD and current is not None:
-            current._utterance.hold()
+            self._jobs[current].hold()
         self._on_change()
         return effect
 
@@ -373,7 +505,7 @@ class SpeechScheduler:
     def hold(self, handle: UtteranceHandle) -> None:
         """Hold the active utterance's audio (it starts while the user is speaking)."""
         self.queue.move(handle, Move.HOLD)
-        handle._utterance.hold()
+        self._jobs[handle].hold()
         self._on_change()
 
     def close(self) -> None:
@@ -386,48 +518,68 @@ class SpeechScheduler:
         """Wait until nothing runs or waits. A checkpoint."""
         await self._idle.wait()
 
+    # -- a tool's say(): part of its reply, never queued ----------------------------------------
+    def add_child(self, parent: UtteranceHandle, text: str) -> UtteranceHandle:
+        """A handle for speech a tool adds to the running `parent` (source TOOL): interrupting
+        it interrupts the parent; it ends when its audio has played, or with the parent."""
+        child = UtteranceHandle(source=SpeechSource.TOOL, interruptible=parent.interruptible)
+        child.text = text
+        child._move(Move.START)
+        child._interrupt_hook = lambda _, force: self.interrupt(parent, force, "a tool's say() was interrupted")
+        return child
+
+    @staticmethod
+    def end_child(child: UtteranceHandle, *, interrupted: bool, reason: str | None = None) -> None:
+        if not child.done():
+            if not interrupted:
+                child.spoken_text = child.text
+            child._end(Move.INTERRUPT if interrupted else Move.FINISH, reason)
+
     # -- the runner --------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The one task that runs utterances, in the session's nursery."""
         task_status.started()
         async with self._start_receive:
-            async for utterance in self._start_receive:
-                await self._run_one(utterance)
+            async for handle in self._start_receive:
+                await self._run_one(handle)
 
-    async def _run_one(self, utterance: Utterance) -> None:
-        handle = utterance.handle
-        token = _running.set(utterance)
+    async def _run_one(self, handle: UtteranceHandle) -> None:
+        job = self._jobs[handle]
+        token = _running.set(handle)
         try:
             with handle._scope:
-                if handle.state not in FINAL:
-                    await self._work(utterance)
+                if not handle.done():
+                    await self._work(job)
         except Exception:
             # A provider failed: this utterance ends, the session goes on.
             _log.exception("utterance %s failed", handle.id)
-            if handle.state not in FINAL:
+            if not handle.done():
                 self._apply(self.queue.interrupt(handle, force=True), "failed")
         finally:
             _running.reset(token)
             # On any exit, cancellation included: free the slot, then settle the rest.
             step = self.queue.task_exited(handle)
-            utterance.settle()
+            job.settle()
             handle._done.set()
-            self._on_finished(utterance)
+            del self._jobs[handle]
+            self._on_finished(job)
             self._apply(step, "replaced")
 
     # -- applying a step (no awaits) ------------------------------------------------------------
     def _apply(self, step: Step, reason: str) -> None:
         for handle in step.interrupted:
-            utterance = handle._utterance
+            job = self._jobs[handle]
             handle.interrupt_reason = handle.interrupt_reason or reason
-            audible = utterance.audible
-            utterance.silence()
+            audible = job.audible
+            job.silence()
             handle._scope.cancel(reason=f"utterance {handle.id}: {handle.interrupt_reason}")
-            self._on_interrupted(utterance, audible)  # (notes audio sent but not yet heard)
-            utterance.settle()  # what was heard is known now: `await handle` may read it
+            self._on_interrupted(job, audible)  # (notes audio sent but not yet heard)
+            job.settle()  # what was heard is known now: `await handle` may read it
             handle._done.set()
+            if handle is not self.queue.active:
+                del self._jobs[handle]  # it never ran: no task will
         if step.start is not None:
-            self._start_send.send_nowait(step.start._utterance)
+            self._start_send.send_nowait(step.start)
         if self.queue.idle:
             self._idle.set()
         self._on_change()

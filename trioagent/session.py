@@ -37,7 +37,7 @@ from .events import CloseEvent, ConversationItemAdded, EventEmitter, SpeechCreat
 from .flow import ConversationFlow
 from .metrics import TurnMetrics
 from .pipeline.base import Pipeline
-from .scheduler import SpeechScheduler, SpeechSource, UserSpeechEffect, UtteranceState, running_utterance
+from .scheduler import SpeechScheduler, SpeechSource, UserSpeechEffect, UtteranceState, running_handle
 from .states import AgentState, UserState
 from .transports.base import NullTransport, PlayoutTracking, Transport
 from .utterance import SpeechOutlet, UserTurn, Utterance, UtteranceHandle
@@ -127,13 +127,14 @@ class AgentSession(EventEmitter):
         self.failure: Exception | None = None
         """What ended the session, if its pipeline failed (a provider's stream died)."""
         agent.session = self
-        self._scheduler = SpeechScheduler(
+        self._scheduler: SpeechScheduler[Utterance] = SpeechScheduler(
             self._produce,
             on_change=self._update_states,
             on_interrupted=self._on_interrupted,
             on_finished=self._on_finished,
         )
         self._outlet = SpeechOutlet(
+            scheduler=self._scheduler,
             mixer=self.mixer,
             chat_context=lambda: self.agent.chat_context,
             on_first_audio=self._on_first_audio,
@@ -376,7 +377,7 @@ class AgentSession(EventEmitter):
         with trio.CancelScope(shield=True):
             # Turns that will never be answered are still what the user said: keep them.
             for handle in self._scheduler.queue.pending():
-                turn = handle._utterance.user_turn
+                turn = self._scheduler.job(handle).user_turn
                 if turn is not None and turn.message is None:
                     self._keep_unanswered(turn)
             self._scheduler.close()
@@ -454,9 +455,9 @@ class AgentSession(EventEmitter):
             SessionClosed: the session is not running.
         """
         self._require_nursery()
-        running = running_utterance()
-        if running is not None and running.handle._interrupt_hook == self._scheduler.interrupt:
-            inline = running.say_inline(message, add_to_chat_context)
+        running = running_handle()
+        if running is not None and self._scheduler.owns(running):
+            inline = self._scheduler.job(running).say_inline(message, add_to_chat_context)
             if inline is not None:
                 self.emit("speech_created", SpeechCreated(inline, SpeechSource.TOOL))
                 await trio.lowlevel.checkpoint()
@@ -489,8 +490,7 @@ class AgentSession(EventEmitter):
             return pending
         handle = UtteranceHandle(source=SpeechSource.REPLY, interruptible=interruptible and self.pipeline.allow_interruptions)
         self._submit(Utterance(handle, self._outlet, instructions=instructions))
-        running = running_utterance()
-        if wait_for_playback and not (running is not None and running.handle is handle):
+        if wait_for_playback:
             await handle.wait()
         else:
             await trio.lowlevel.checkpoint()
@@ -507,7 +507,7 @@ class AgentSession(EventEmitter):
         waiting = self._scheduler.queue.waiting_user_turn()
         if waiting is not None:
             # The user spoke again before the last turn was even started: one turn, one answer.
-            earlier = waiting._utterance.user_turn
+            earlier = self._scheduler.job(waiting).user_turn
             self._scheduler.interrupt(waiting, force=True, reason="merged into the user's next turn")
             if earlier is not None:
                 turn = earlier.merge(turn)
@@ -733,8 +733,9 @@ class _Host:
         return self._session.close_grace
 
     def _current(self) -> Utterance | None:
-        handle = self._session._scheduler.current
-        return handle._utterance if handle is not None else None
+        scheduler = self._session._scheduler
+        handle = scheduler.current
+        return scheduler.job(handle) if handle is not None else None
 
     def user_started_speaking(self, time: float) -> UserSpeechEffect:
         session = self._session

@@ -1,20 +1,18 @@
-"""One thing the agent says: `UtteranceHandle` (what callers hold) and `Utterance` (what the
-pipeline producing it uses).
+"""One thing the agent says, as the pipeline producing it sees it: `Utterance`.
 
-How this works: the session makes both for every `say()`, `reply()` and user turn and queues them
-on its `SpeechScheduler` (see `trioagent.scheduler` for the lifecycle). The handle is the public
-side: its state, `interrupt()`, and ``await handle``. The `Utterance` is the pipeline's side, a
-small protocol a pipeline uses instead of reaching into the session: open a voice in the
-session's mixer, push audio (the first frame makes the utterance heard, unless the user's speech
-holds it), say which text each piece of audio carries (so an interruption keeps in the chat
-context only what was heard), and record metrics.
+How this works: the session makes an `UtteranceHandle` (the public side, defined with the
+lifecycle in `trioagent.scheduler`) and an `Utterance` for every `say()`, `reply()` and user turn,
+and queues them on its `SpeechScheduler`. The `Utterance` is the pipeline's side, a small
+protocol a pipeline uses instead of reaching into the session: open a voice in the session's
+mixer, push audio (the first frame makes the utterance heard, unless the user's speech holds it),
+say which text each piece of audio carries (so an interruption keeps in the chat context only
+what was heard), and record metrics.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
@@ -24,89 +22,9 @@ from .audio.mixer import Mixer, MixerSource
 from .chat import ChatContext, ChatMessage, ChatRole
 from .errors import ProviderError
 from .metrics import TurnMetrics
-from .scheduler import FINAL, Move, SpeechSource, UtteranceState
-
-if TYPE_CHECKING:
-    from .scheduler import SpeechScheduler
+from .scheduler import Move, SpeechScheduler, SpeechSource, UtteranceHandle, UtteranceState
 
 __all__ = ["UtteranceHandle", "Utterance", "UserTurn", "SpeechOutlet"]
-
-
-class UtteranceHandle:
-    """Tracks one utterance (a `say()`, a `reply()` or the answer to a user turn) from the
-    moment it is queued to its last sample.
-
-    The handle owns the cancel scope of the utterance's LLM, tool, TTS and playout work:
-    `interrupt()` cancels it and silences the voice at once (the next mixer tick fades it out).
-    ``await handle`` returns when the audio has finished playing or was interrupted; it never
-    raises.
-
-    Attributes:
-        id: unique, for logs and events.
-        source: who asked for it (`SpeechSource`: say, reply, user turn, tool).
-        interruptible: whether user speech, `say()`, `reply()` and `interrupt()` may cut it
-            (`interrupt(force=True)` always may).
-        text: everything it was asked to say (filled in as the LLM writes).
-        spoken_text: what was heard; equals the text unless interrupted.
-        started_at: session time its first audio frame was played.
-        interrupt_reason: why it was cut, if it was.
-    """
-
-    def __init__(
-        self,
-        utterance_id: str | None = None,
-        *,
-        source: SpeechSource = SpeechSource.SAY,
-        interruptible: bool = True,
-    ) -> None:
-        self.id = utterance_id or f"utt_{uuid.uuid4().hex[:8]}"
-        self.source = source
-        self.interruptible = interruptible
-        self.text = ""
-        self.spoken_text = ""
-        self.started_at: float | None = None
-        self.interrupt_reason: str | None = None
-        self._state = UtteranceState.QUEUED
-        self._scope = trio.CancelScope()
-        self._done = trio.Event()
-        self._interrupt_hook: Callable[[UtteranceHandle, bool], bool] | None = None
-        self._utterance: Utterance
-
-    @classmethod
-    def finished(cls, utterance_id: str, *, source: SpeechSource = SpeechSource.REPLY) -> UtteranceHandle:
-        """A handle that is already done (an empty `reply("")`)."""
-        handle = cls(utterance_id, source=source)
-        handle._state = UtteranceState.DONE
-        handle._done.set()
-        return handle
-
-    @property
-    def state(self) -> UtteranceState:
-        return self._state
-
-    @property
-    def interrupted(self) -> bool:
-        return self._state is UtteranceState.INTERRUPTED
-
-    def done(self) -> bool:
-        """True once the audio has finished playing or the utterance was interrupted."""
-        return self._state in FINAL
-
-    def interrupt(self, *, force: bool = False) -> None:
-        """Cut the utterance now, if it is interruptible (or `force`). Idempotent; a no-op on a
-        finished one. Not a checkpoint."""
-        if self._interrupt_hook is not None:
-            self._interrupt_hook(self, force)
-
-    async def wait(self) -> None:
-        """Wait until done (played out or interrupted). A checkpoint."""
-        await self._done.wait()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return self._done.wait().__await__()
-
-    def __repr__(self) -> str:
-        return f"<UtteranceHandle {self.id} {self.source.value} {self._state.value}>"
 
 
 @attrs.define(eq=False)
@@ -133,6 +51,7 @@ class UserTurn:
 class SpeechOutlet:
     """What an utterance needs from its session (the session makes one)."""
 
+    scheduler: SpeechScheduler[Utterance]
     mixer: Mixer
     chat_context: Callable[[], ChatContext]
     """The chat context of the agent now in charge."""
@@ -175,9 +94,8 @@ class Utterance:
         self.add_to_chat_context = add_to_chat_context
         self.metrics = user_turn.metrics if user_turn is not None else TurnMetrics(turn_id=handle.id)
         """The turn's metrics so far (`note()` adds to them)."""
-        handle._utterance = self
         self._outlet = outlet
-        self._scheduler: SpeechScheduler | None = None
+        self._scheduler = outlet.scheduler
         self._voice: MixerSource | None = None
         self._held = False
         self._paused = False
@@ -302,36 +220,21 @@ class Utterance:
         """Speak `text` as part of this utterance; None when it cannot (no sink, or finished)."""
         if self._inline is None or self.handle.done():
             return None
-        child = UtteranceHandle(source=SpeechSource.TOOL, interruptible=self.handle.interruptible)
-        child.text = text
-        child._state = UtteranceState.RUNNING
-        child._interrupt_hook = self._interrupt_from_child
+        child = self._scheduler.add_child(self.handle, text)
         self._children.append(child)
         self._inline(text, child, add_to_chat_context)
         return child
-
-    def _interrupt_from_child(self, child: UtteranceHandle, force: bool) -> bool:
-        # A tool's say() is part of its reply: cutting it cuts the reply.
-        self.handle.interrupt(force=force)
-        return self.handle.interrupted
 
     def when_heard(self, position: float, child: UtteranceHandle) -> None:
         """Mark `child` done once the voice has played up to `position` seconds."""
         voice = self._voice
         if voice is None or position <= voice.played_duration + 1e-9:
-            self._finish_child(child)
+            self._scheduler.end_child(child, interrupted=False)
             return
-        voice.call_when_played(position, lambda: self._finish_child(child))
-
-    def _finish_child(self, child: UtteranceHandle) -> None:
-        if not child.done():
-            child._state = UtteranceState.DONE
-            child.spoken_text = child.text
-            child._done.set()
+        voice.call_when_played(position, lambda: self._scheduler.end_child(child, interrupted=False))
 
     # -- driven by the scheduler ----------------------------------------------------------------
     def _first_audio(self) -> None:
-        assert self._scheduler is not None
         self._scheduler.move(self.handle, Move.FIRST_AUDIO)
         self._outlet.on_first_audio(self)
 
@@ -343,7 +246,6 @@ class Utterance:
 
     def pause(self) -> None:
         """A suspected barge-in: fade out, keep the rest."""
-        assert self._scheduler is not None
         self._scheduler.move(self.handle, Move.PAUSE)
         self._paused = True
         if self._voice is not None:
@@ -351,7 +253,6 @@ class Utterance:
 
     def resume(self) -> None:
         """Play on (after a hold or a pause)."""
-        assert self._scheduler is not None
         if self.handle.state is UtteranceState.HELD:
             self._held = False
             self._scheduler.move(self.handle, Move.RESUME)
@@ -406,10 +307,7 @@ class Utterance:
                 context.items.append(message)
             self._outlet.on_item(message)
         for child in self._children:
-            if not child.done():
-                child._state = UtteranceState.INTERRUPTED if handle.interrupted else UtteranceState.DONE
-                child.interrupt_reason = handle.interrupt_reason
-                child._done.set()
+            self._scheduler.end_child(child, interrupted=handle.interrupted, reason=handle.interrupt_reason)
 
     def _heard(self, played: float) -> dict[int, str]:
         heard: dict[int, str] = {}
