@@ -3,16 +3,53 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .audio.player import BackgroundAudioHandlerConfig
 from .chat import ChatContext, ChatRole
+from .scheduler import UtteranceHandle
+from .states import AgentState, UserState
 from .tools import FunctionTool, get_tool
 
-if TYPE_CHECKING:
-    from .session import AgentSession
+__all__ = ["Agent", "AgentSessionAPI"]
 
-__all__ = ["Agent"]
+
+class AgentSessionAPI(Protocol):
+    """What an agent can do with the session running it (`AgentSession` is the one there is;
+    see it for each member). The agent layer sits below the session, so it names the session
+    by what it offers rather than importing it."""
+
+    @property
+    def agent_state(self) -> AgentState: ...
+
+    @property
+    def user_state(self) -> UserState: ...
+
+    async def say(self, message: str, interruptible: bool = True, add_to_chat_context: bool = True) -> UtteranceHandle: ...
+
+    async def reply(self, instructions: str, wait_for_playback: bool = True, interruptible: bool = True) -> UtteranceHandle: ...
+
+    def interrupt(self, *, force: bool = False) -> None: ...
+
+    def get_context_history(self, include_function_calls: bool = False, include_system_messages: bool = False) -> list[dict[str, Any]]: ...
+
+    async def play_background_audio(self, config: BackgroundAudioHandlerConfig, override_thinking: bool = False) -> None: ...
+
+    async def stop_background_audio(self) -> None: ...
+
+    async def start_thinking_audio(self) -> None: ...
+
+    async def stop_thinking_audio(self) -> None: ...
+
+    async def hangup(self, reason: str = "hangup") -> None: ...
+
+    async def leave(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def on(self, name: str, callback: Callable[[Any], Any] | None = None) -> Any: ...
+
+    def off(self, name: str, callback: Callable[[Any], Any]) -> None: ...
 
 
 class Agent:
@@ -37,7 +74,7 @@ class Agent:
         self.chat_context = chat_context if chat_context is not None else ChatContext()
         if instructions and not any(m.role is ChatRole.SYSTEM for m in self.chat_context.messages):
             self.chat_context.items.insert(0, ChatContext().add_message(role=ChatRole.SYSTEM, content=instructions))
-        self._session: AgentSession | None = None
+        self._session: AgentSessionAPI | None = None
         self._thinking_background_config: BackgroundAudioHandlerConfig | None = None
         self._tools: list[FunctionTool] = self._collect_tools(tools or ())
 
@@ -67,7 +104,7 @@ class Agent:
         return next((t for t in self._tools if t.name == name), None)
 
     @property
-    def session(self) -> AgentSession:
+    def session(self) -> AgentSessionAPI:
         """The session running this agent.
 
         Raises:
@@ -78,7 +115,7 @@ class Agent:
         return self._session
 
     @session.setter
-    def session(self, value: AgentSession | None) -> None:
+    def session(self, value: AgentSessionAPI | None) -> None:
         self._session = value
 
     def set_thinking_audio(self, config: BackgroundAudioHandlerConfig) -> None:

@@ -160,13 +160,6 @@ async def run_demo(
         return turns
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``trioagent demo`` (see `trioagent.cli`)."""
-    from .cli import main as cli_main
-
-    return cli_main(["demo", *(argv or [])])
-
-
 def run(fast: bool, output_path: str, llm: LLM | None, out: TextIO = sys.stdout) -> list[DemoTurn]:
     """Run the demo in real time, or in virtual time with `fast`."""
     tty = sys.stderr.isatty()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import enum
+
 __all__ = [
+    "CloseCode",
     "TrioAgentError",
     "AudioFormatError",
     "ProviderError",
@@ -12,6 +15,19 @@ __all__ = [
     "ProtocolError",
     "SessionClosed",
 ]
+
+
+class CloseCode(enum.IntEnum):
+    """The WebSocket close codes trioagent sends (RFC 6455 7.4.1; 1013 from IANA's registry)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # the server is shutting down
+    UNSUPPORTED_DATA = 1003  # a kind of message the endpoint does not take
+    INVALID_DATA = 1007  # a message that is not what the protocol allows
+    POLICY_VIOLATION = 1008  # unauthorised, or too much audio too fast
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # the agent could not start, or failed
+    TRY_AGAIN_LATER = 1013  # the server is full
 
 
 class TrioAgentError(Exception):
@@ -52,11 +68,11 @@ class ProtocolError(TrioAgentError):
     """A peer sent something the wire protocol does not allow.
 
     Args:
-        close_code: the WebSocket close code for it: 1007 (invalid data, the default) or 1003
-            (a kind of message the endpoint does not take: binary where text is expected).
+        close_code: the WebSocket close code for it: `CloseCode.INVALID_DATA` (the default),
+            `UNSUPPORTED_DATA` (binary where text is expected) or `POLICY_VIOLATION`.
     """
 
-    def __init__(self, message: str, close_code: int = 1007) -> None:
+    def __init__(self, message: str, close_code: CloseCode = CloseCode.INVALID_DATA) -> None:
         super().__init__(message)
         self.close_code = close_code
 

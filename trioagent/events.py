@@ -14,8 +14,7 @@ import trio
 from .chat import ChatItem, FunctionCall, FunctionCallOutput
 
 if TYPE_CHECKING:
-    from .scheduler import SpeechSource
-    from .utterance import UtteranceHandle
+    from .scheduler import SpeechSource, UtteranceHandle
 
 __all__ = [
     "EventEmitter",

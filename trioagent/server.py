@@ -29,7 +29,7 @@ from ._proto import browser as bp
 from .agent import Agent
 from .audio.mixer import TickClock
 from .auth import TokenError, verify_token
-from .errors import ProtocolError
+from .errors import CloseCode, ProtocolError
 from .pipeline.base import Pipeline
 from .session import AgentSession
 from .transports.websocket import BrowserTransport, TwilioTransport, _WebSocketTransport
@@ -47,7 +47,6 @@ AgentFactory = Callable[[], "tuple[Agent, Pipeline] | Awaitable[tuple[Agent, Pip
 """Makes the agent and pipeline of one new session (sync or async)."""
 
 # Close codes (RFC 6455 section 7.4.1).
-NORMAL, GOING_AWAY, POLICY, TOO_BIG, INTERNAL_ERROR, TRY_LATER = 1000, 1001, 1008, 1009, 1011, 1013  # 1003, 1007: ProtocolError
 
 
 class _Replay(trio.abc.Stream):
@@ -248,7 +247,7 @@ class Server:
         ws = await request.accept()
         if self.active >= self.max_sessions or self._shutdown.is_set():
             self._refuse("capacity")
-            await ws.aclose(TRY_LATER, "server full: too many sessions" if not self._shutdown.is_set() else "server shutting down")
+            await ws.aclose(CloseCode.TRY_AGAIN_LATER, "server full: too many sessions" if not self._shutdown.is_set() else "server shutting down")
             return
         self.active += 1
         try:
@@ -261,7 +260,7 @@ class Server:
             await ws.aclose(exc.close_code, _reason(exc))
         except TokenError as exc:
             self._refuse("token")
-            await ws.aclose(POLICY, _reason(f"unauthorized: {exc}"))
+            await ws.aclose(CloseCode.POLICY_VIOLATION, _reason(f"unauthorized: {exc}"))
         finally:
             self.active -= 1
             self._idle.set()
@@ -302,7 +301,7 @@ class Server:
         except Exception:
             _log.exception("the agent factory failed")
             self._refuse("factory")
-            await transport.ws.aclose(INTERNAL_ERROR, "the agent could not start")
+            await transport.ws.aclose(CloseCode.INTERNAL_ERROR, "the agent could not start")
             return
         clock = min(self._clocks, key=self._clocks.__getitem__)
         session = AgentSession(agent, pipeline, transport=transport, tick_clock=clock)
@@ -337,17 +336,17 @@ class Server:
             self._live.remove(live)
             self._clocks[clock] -= 1
         closed = transport.ws.closed
-        if closed is not None and closed.code == TOO_BIG:
+        if closed is not None and closed.code == CloseCode.MESSAGE_TOO_BIG:
             self._refuse("too_big")
         if failure is not None:
             raise failure
         if session.failure is not None:  # logged with its traceback by the session
             self._refuse("agent_failed")
-            await transport.ws.aclose(INTERNAL_ERROR, "the agent failed")
+            await transport.ws.aclose(CloseCode.INTERNAL_ERROR, "the agent failed")
         elif self._shutdown.is_set() and not transport.hung_up:
-            await transport.ws.aclose(GOING_AWAY, "server shutting down")
+            await transport.ws.aclose(CloseCode.GOING_AWAY, "server shutting down")
         else:
-            await transport.ws.aclose(NORMAL, "session ended")
+            await transport.ws.aclose(CloseCode.NORMAL, "session ended")
 
 
 def _reason(exc: object) -> str:

@@ -126,7 +126,7 @@ class AgentSession(EventEmitter):
         """Every turn's metrics, in order."""
         self.failure: Exception | None = None
         """What ended the session, if its pipeline failed (a provider's stream died)."""
-        agent.session = self
+        agent.session = self  # (mypy checks AgentSession offers all AgentSessionAPI names)
         self._scheduler: SpeechScheduler[Utterance] = SpeechScheduler(
             self._produce,
             on_change=self._update_states,

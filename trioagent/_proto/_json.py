@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..errors import ProtocolError
+from ..errors import CloseCode, ProtocolError
 
 
 def json_object(text: str | bytes, binary_error: str) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def json_object(text: str | bytes, binary_error: str) -> dict[str, Any]:
             that is not an object.
     """
     if isinstance(text, bytes):
-        raise ProtocolError(binary_error, close_code=1003)
+        raise ProtocolError(binary_error, close_code=CloseCode.UNSUPPORTED_DATA)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:

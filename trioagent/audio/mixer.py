@@ -27,7 +27,7 @@ import numpy as np
 import soxr
 import trio
 
-from .frame import AudioFrame, Float32Array
+from .frame import FRAME_DURATION, AudioFrame, Float32Array
 from .polyphase import Polyphase
 
 __all__ = ["Mixer", "MixerSource", "MixerStatistics", "TickClock"]
@@ -283,7 +283,7 @@ class Mixer:
     """
 
     sample_rate: int = 48000
-    frame_duration: float = 0.02
+    frame_duration: float = FRAME_DURATION
     duck_db: float = -12.0
     fade_duration: float = 0.01
     _sources: list[MixerSource] = attrs.field(init=False, factory=list)
@@ -502,7 +502,7 @@ class TickClock:
     Run it in a nursery that outlives the sessions using it: ``await nursery.start(clock.run)``.
     """
 
-    period: float = 0.02
+    period: float = FRAME_DURATION
     phase: float = 0.0
     """Where in the period this clock ticks, as a fraction of it: a server runs a few clocks at
     different phases so that its sessions' mixing does not all land on the same instant."""

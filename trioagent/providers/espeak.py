@@ -17,7 +17,7 @@ import numpy as np
 import trio
 
 from .._compute import run_blocking
-from ..audio.frame import AudioFrame
+from ..audio.frame import FRAME_DURATION, AudioFrame
 from ..errors import ProviderError
 
 __all__ = ["EspeakTTS"]
@@ -72,7 +72,7 @@ class EspeakTTS:
 
     sample_rate = 22050
 
-    def __init__(self, voice: str = "en-us", rate: int = 175, pitch: int = 50, frame_duration: float = 0.02) -> None:
+    def __init__(self, voice: str = "en-us", rate: int = 175, pitch: int = 50, frame_duration: float = FRAME_DURATION) -> None:
         self.voice = voice
         self.rate = rate
         self.pitch = pitch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..audio.frame import AudioFrame
+from ..audio.frame import FRAME_DURATION, AudioFrame
 
 __all__ = ["speech", "silence"]
 
@@ -15,7 +15,7 @@ def _frames(signal: np.ndarray, sample_rate: int, frame_duration: float) -> list
     return [AudioFrame(pcm[i : i + step], sample_rate) for i in range(0, len(pcm), step)]
 
 
-def speech(duration: float, sample_rate: int = 16000, frame_duration: float = 0.02, pitch: float = 140.0) -> list[AudioFrame]:
+def speech(duration: float, sample_rate: int = 16000, frame_duration: float = FRAME_DURATION, pitch: float = 140.0) -> list[AudioFrame]:
     """Voice-like frames: a harmonic-rich buzz at about -15 dBFS, loud enough for `EnergyVAD`.
 
     Deterministic; the level is constant, so the VAD's onset and offset are exact.
@@ -26,6 +26,6 @@ def speech(duration: float, sample_rate: int = 16000, frame_duration: float = 0.
     return _frames(signal, sample_rate, frame_duration)
 
 
-def silence(duration: float, sample_rate: int = 16000, frame_duration: float = 0.02) -> list[AudioFrame]:
+def silence(duration: float, sample_rate: int = 16000, frame_duration: float = FRAME_DURATION) -> list[AudioFrame]:
     """Frames of digital silence."""
     return _frames(np.zeros(round(duration * sample_rate)), sample_rate, frame_duration)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 import trio
 
-from ..audio.frame import AudioFrame
+from ..audio.frame import FRAME_DURATION, AudioFrame
 from ..chat import ChatContext
 from ..errors import ProviderError
 from ..providers.base import LLMChunk, TextDelta, ToolCall, TranscriptEvent, Usage
@@ -124,7 +124,7 @@ class ToneTTS:
         frequency: tone pitch in Hz (250 Hz: whole periods in every 20 ms frame).
     """
 
-    def __init__(self, sample_rate: int = 24000, seconds_per_word: float = 0.25, ttfb: float = 0.0, frame_duration: float = 0.02, frequency: float = 250.0) -> None:
+    def __init__(self, sample_rate: int = 24000, seconds_per_word: float = 0.25, ttfb: float = 0.0, frame_duration: float = FRAME_DURATION, frequency: float = 250.0) -> None:
         self.sample_rate = sample_rate
         self.seconds_per_word = seconds_per_word
         self.ttfb = ttfb

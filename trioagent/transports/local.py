@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from ..audio.frame import AudioFrame
+from ..audio.frame import FRAME_DURATION, AudioFrame
 from ..errors import TransportError
 
 __all__ = ["LocalAudioTransport", "load_sounddevice"]
@@ -50,7 +50,7 @@ class LocalAudioTransport:
         input_sample_rate: int = 16000,
         output_sample_rate: int = 24000,
         *,
-        frame_duration: float = 0.02,
+        frame_duration: float = FRAME_DURATION,
         max_buffered: float = 0.2,
         input_device: int | str | None = None,
         output_device: int | str | None = None,

@@ -7,7 +7,7 @@ import numpy as np
 import trio
 
 from ..audio.codec import read_wav, write_wav
-from ..audio.frame import AudioFrame
+from ..audio.frame import FRAME_DURATION, AudioFrame
 from ..audio.resample import resample
 
 __all__ = ["WavFileTransport"]
@@ -67,7 +67,7 @@ class WavFileTransport:
         *,
         output_sample_rate: int = 24000,
         tail: float = 3.0,
-        frame_duration: float = 0.02,
+        frame_duration: float = FRAME_DURATION,
     ) -> None:
         clip = read_wav(input_path).to_mono()
         self.input_sample_rate = clip.sample_rate

@@ -21,11 +21,11 @@ import trio_websocket
 
 from .._proto import browser as bp
 from .._proto.twilio import TwilioDtmf, TwilioMark, TwilioMedia, TwilioProtocol, TwilioStart, TwilioStop
-from ..audio.frame import AudioFrame
-from ..errors import ProtocolError
+from ..audio.frame import FRAME_DURATION, AudioFrame
+from ..errors import CloseCode, ProtocolError
 
 if TYPE_CHECKING:
-    from ..session import AgentSession
+    from ..agent import AgentSessionAPI
 
 __all__ = ["BrowserTransport", "TwilioTransport"]
 
@@ -46,13 +46,13 @@ class _WebSocketTransport:
         *,
         max_queued: int = 10,
         max_frame_duration: float = 0.5,
-        frame_duration: float = 0.02,
+        frame_duration: float = FRAME_DURATION,
         mark_every: int = 10,
         max_ahead: float = 5.0,
     ) -> None:
         self.ws = ws
         self.max_ahead = max_ahead  # seconds of audio a peer may send ahead of real time (bursts)
-        self.session: AgentSession | None = None
+        self.session: AgentSessionAPI | None = None
         self.max_frame_duration = max_frame_duration
         self._in_send, self._in_receive = trio.open_memory_channel[AudioFrame](math.inf)
         self._queue: collections.deque[tuple[bool, str | bytes]] = collections.deque()  # (is_audio, message)
@@ -162,7 +162,7 @@ class _WebSocketTransport:
         now = trio.current_time()
         start = max(now - duration - pending, self._next_start)
         if start + duration - now > self.max_ahead:
-            raise ProtocolError(f"audio arrives faster than real time (over {self.max_ahead:.0f} s ahead)", close_code=1008)
+            raise ProtocolError(f"audio arrives faster than real time (over {self.max_ahead:.0f} s ahead)", close_code=CloseCode.POLICY_VIOLATION)
         data = np.concatenate([self._remainder, np.asarray(samples, np.int16)]) if len(self._remainder) else np.asarray(samples, np.int16)
         step = round(self.input_sample_rate * self.frame_duration)
         whole = len(data) - len(data) % step
@@ -224,7 +224,7 @@ class BrowserTransport(_WebSocketTransport):
         self.input_sample_rate = hello.sample_rate
         self.output_sample_rate = hello.output_sample_rate
 
-    def attach(self, session: AgentSession) -> None:
+    def attach(self, session: AgentSessionAPI) -> None:
         """Forward the session's events to the page."""
         self.session = session
         session.on("agent_state_changed", lambda d: self.send_control(bp.message("agent_state", state=d["state"])))
