@@ -354,3 +354,18 @@ async def test_close_ends_every_queued_handle(autojump_clock: trio.testing.MockC
         await trio.sleep(0.1)
     assert all(h.done() and h.interrupted for h in handles)
     assert [h.interrupt_reason for h in handles] == ["session closing"] * 3
+
+
+async def test_speech_without_words_does_not_stick_to_the_next_turn(autojump_clock: trio.testing.MockClock) -> None:
+    session, transport, llm, _ = make_session(transcripts=["", "what time is it"], script=["Noon."])
+    async with session:
+        handle = await session.say(LONG)
+        await trio.sleep_until(1.0)
+        await transport.send_user_audio(speech(1.0))  # noise over the agent: paused at 1.5, resumed at 3.5
+        await transport.send_user_audio(silence(11.0))
+        assert handle.done() and not handle.interrupted
+        await transport.send_user_audio(speech(1.0))  # 13.0 .. 14.0: a question, the agent quiet
+        await transport.send_user_audio(silence(2.0))
+    m = session.metrics[0]
+    assert (m.user_text, m.user_speech_start, m.user_speech_end, m.end_of_turn_at) == ("what time is it", at(13.0), at(14.0), at(14.5))
+    assert transport.voice_segments()[-1] == (about(14.5), about(14.75))

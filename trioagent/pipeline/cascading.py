@@ -240,6 +240,10 @@ class CascadingPipeline:
         host = self.host
         turn = self._turn
         if event.kind == "start":
+            if not (turn.text() or turn.interim):
+                # Speech that brought no words (a cough, noise) ends no turn and starts none:
+                # this speech begins the turn afresh (its times, its barge-in judgement).
+                turn = self._turn = _TurnState()
             turn.speaking = True
             turn.start = turn.start if turn.start is not None else event.time
             turn.segment_start = event.time
