@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import platform
 
 import trio
@@ -42,3 +43,30 @@ def machine() -> str:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Gen2Pauses:
+    """Counts full (generation 2) collections and how long each stopped the event loop."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        import time
+
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses_ms.append((time.perf_counter() - self._start) * 1000)
+
+
+def tune_gc() -> None:
+    """What NOTES.md ("GC pauses") tells a server to do once it is up: move the long-lived
+    objects out of the collector's way and make full collections rare."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)

@@ -6,16 +6,20 @@
 - Barge-in latency: from the moment the interruption is due (speech onset + 0.5 s) to the last
   loud frame of the interrupted voice reaching the transport (includes the 10 ms fade).
 
-10 sessions run side by side, 20 turns each (200 turns). Run: python bench/latency.py
+10 sessions run side by side, 20 turns each (200 turns). The process's garbage collector is set
+up as NOTES.md ("GC pauses") tells a server to (`--default-gc` leaves it alone): a full collection
+here stops the event loop for 35-40 ms, and whether it lands in a reply's window or between
+two decides the p99 otherwise. Run: python bench/latency.py [--default-gc]
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 
 import trio
 
-from _common import TimedTransport, machine, percentile
+from _common import Gen2Pauses, TimedTransport, machine, percentile, tune_gc
 from trioagent import Agent, AgentSession, CascadingPipeline
 from trioagent.testing import ScriptedLLM, ScriptedSTT, ToneTTS, silence, speech
 
@@ -59,10 +63,15 @@ async def one_session(reply_lat: list[float], barge_lat: list[float]) -> None:
 async def main() -> None:
     reply_lat: list[float] = []
     barge_lat: list[float] = []
+    pauses = Gen2Pauses()
+    if "--default-gc" not in sys.argv:
+        tune_gc()
     async with trio.open_nursery() as nursery:
         for _ in range(SESSIONS):
             nursery.start_soon(one_session, reply_lat, barge_lat)
     print(f"machine: {machine()}")
+    print(f"garbage collector: {'default' if '--default-gc' in sys.argv else 'tuned'}; full collections: {len(pauses.pauses_ms)}"
+          + (f" ({', '.join(f'{p:.0f}' for p in pauses.pauses_ms)} ms)" if pauses.pauses_ms else ""))
     for name, values in (("reply (framework-added)", reply_lat), ("barge-in (to silence)", barge_lat)):
         ms = [v * 1000 for v in values]
         print(f"{name:26s} n={len(ms):3d}  median {statistics.median(ms):6.1f} ms  p99 {percentile(ms, 0.99):6.1f} ms  max {max(ms):6.1f} ms")

@@ -94,7 +94,7 @@ class ScriptedLLM:
         if n >= len(self.script):
             raise ProviderError(f"ScriptedLLM: the script has {len(self.script)} entries; call {n + 1} has none", provider="ScriptedLLM")
         entry = self.script[n]
-        prompt = sum(len(m.content.split()) for m in chat_context.messages)
+        prompt = sum(len(m.content.split()) for m in chat_context.messages) if self.report_usage else 0
         await trio.sleep(self.ttft)
         if entry is None:
             await trio.sleep_forever()
