@@ -10,12 +10,22 @@ import h11
 import trio
 
 
+SENT: list[dict[str, Any]] = []
+"""Every JSON chunk any fake server sent (the tests validate them with the openai SDK's model)."""
+
+
 def sse(obj: Any) -> bytes:
+    if not isinstance(obj, str):
+        SENT.append(obj)
     return f"data: {json.dumps(obj) if not isinstance(obj, str) else obj}\n\n".encode()
 
 
+def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1764000000, "model": "fake", "choices": choices, **extra}
+
+
 def delta(**d: Any) -> dict[str, Any]:
-    return {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
+    return chunk([{"index": 0, "delta": d, "finish_reason": None}])
 
 
 class FakeOpenAI:
@@ -59,6 +69,9 @@ class FakeOpenAI:
             if mode == "text":
                 for piece in ["Hello", " there.", " How can", " I help?"]:
                     await send(sse(delta(content=piece)))
+                if (payload.get("stream_options") or {}).get("include_usage"):
+                    usage = {"prompt_tokens": 21, "completion_tokens": 7, "total_tokens": 28}
+                    await send(sse(chunk([], usage=usage)))
                 await send(sse("[DONE]"))
             elif mode == "tools":
                 first = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}

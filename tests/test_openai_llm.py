@@ -10,12 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trioagent import ChatContext, ChatRole, FunctionTool, ProviderError
-from trioagent._proto.openai_chat import ChatStreamDecoder, StreamDone, StreamProtocolError, StreamText, StreamToolCall
+from trioagent._proto.openai_chat import ChatStreamDecoder, StreamDone, StreamProtocolError, StreamText, StreamToolCall, StreamUsage
 from trioagent._proto.sse import SSEEvent, SSEParser
-from trioagent.providers import TextDelta, ToolCall
+from trioagent.providers import TextDelta, ToolCall, Usage
 from trioagent.providers.openai_llm import OpenAILLM
 
-from .openai_server import FakeOpenAI, serve
+from .openai_server import SENT, FakeOpenAI, serve
 
 
 def context() -> ChatContext:
@@ -40,10 +40,25 @@ async def test_streamed_text_and_request(nursery: trio.Nursery) -> None:
     llm = OpenAILLM(model="text", base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test")
     chunks = await collect(llm, [FunctionTool.from_function(weather)])
     assert "".join(c.text for c in chunks if isinstance(c, TextDelta)) == "Hello there. How can I help?"
+    assert chunks[-1] == Usage(prompt_tokens=21, completion_tokens=7)  # asked for with stream_options
     sent = server.requests[0]
     assert sent["path"] == "/v1/chat/completions" and sent["headers"][b"authorization"] == b"Bearer sk-test"
     assert sent["body"]["stream"] is True and sent["body"]["messages"][1] == {"role": "user", "content": "Weather in Paris?"}
     assert sent["body"]["tools"][0]["function"]["name"] == "weather"
+
+
+async def test_the_fake_server_speaks_the_format_of_the_openai_sdk(nursery: trio.Nursery) -> None:
+    """What the fake sends is what the official SDK's own model accepts (so the decoder is
+    tested on the vendor's format, not on ours)."""
+    from openai.types.chat import ChatCompletionChunk
+
+    port = await nursery.start(serve, FakeOpenAI())
+    SENT.clear()
+    for model in ("text", "tools"):
+        await collect(OpenAILLM(model=model, base_url=f"http://127.0.0.1:{port}/v1"))
+    assert len(SENT) >= 8
+    parsed = [ChatCompletionChunk.model_validate(c) for c in SENT]
+    assert parsed[4].usage is not None and parsed[4].usage.prompt_tokens == 21
 
 
 async def test_streamed_tool_calls(nursery: trio.Nursery) -> None:
@@ -136,6 +151,10 @@ def test_chat_stream_decoder() -> None:
     assert d.feed("[DONE]") == [StreamToolCall("c", "f", '{"a": 1}'), StreamDone("tool_calls")]
     with pytest.raises(StreamProtocolError, match="after the end"):
         d.feed("{}")
+    usage = ChatStreamDecoder().feed(json.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}))
+    assert usage == [StreamUsage(3, 2)]
+    with pytest.raises(StreamProtocolError, match="usage"):
+        ChatStreamDecoder().feed(json.dumps({"choices": [], "usage": {"prompt_tokens": "3", "completion_tokens": 2}}))
     for bad, message in [("[1]", "not a JSON object"), ('{"error": {"message": "quota"}}', "quota"), ('{"choices": [{"delta": 5}]}', "delta")]:
         with pytest.raises(StreamProtocolError, match=message):
             ChatStreamDecoder().feed(bad)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from trioagent import Agent, ChatRole, FunctionCall, FunctionCallOutput, ToolError, UtteranceHandle, function_tool
+from trioagent import Agent, ChatRole, FunctionCallOutput, ProviderError, ToolError, UtteranceHandle, function_tool
 from trioagent.events import ConversationItemAdded, FunctionToolsExecuted, SpeechCreated, UserInputTranscribed
 from trioagent.scheduler import SpeechSource
 from trioagent.testing import ToolCall, silence, speech
@@ -369,3 +369,23 @@ async def test_speech_without_words_does_not_stick_to_the_next_turn(autojump_clo
     m = session.metrics[0]
     assert (m.user_text, m.user_speech_start, m.user_speech_end, m.end_of_turn_at) == ("what time is it", at(13.0), at(14.0), at(14.5))
     assert transport.voice_segments()[-1] == (about(14.5), about(14.75))
+
+
+async def test_close_event_carries_what_ended_the_session(autojump_clock: trio.testing.MockClock) -> None:
+    class DeadSTT:
+        sample_rate = 16000
+
+        async def run(self, audio: Any, events: Any) -> None:
+            async with audio, events:
+                await trio.sleep(1.0)
+                raise ProviderError("the STT stream died", provider="DeadSTT")
+
+    session, _, _, _ = make_session()
+    session.pipeline.stt = DeadSTT()  # type: ignore[attr-defined]
+    closes: list[Any] = []
+    session.on("close", closes.append)
+    async with session:
+        await session.wait_closed()
+        assert trio.current_time() == at(1.0)
+    (event,) = closes
+    assert event.reason == "pipeline failed" and isinstance(event.error, ProviderError) and session.failure is event.error

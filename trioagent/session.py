@@ -346,6 +346,8 @@ class AgentSession(EventEmitter):
             # A provider's stream failed (an STT that died, say): this session ends cleanly;
             # nothing outside it is touched.
             _log.exception("the pipeline failed; closing the session")
+            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]  # (the one error, not the nurseries it came through)
             self.failure = exc
             await self._close("pipeline failed", exc)
             return

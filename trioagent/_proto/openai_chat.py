@@ -3,7 +3,9 @@
 Each SSE `data:` payload is one JSON chunk; ``[DONE]`` ends the stream. Text arrives in
 ``choices[0].delta.content``; tool calls arrive in fragments in ``choices[0].delta.tool_calls``,
 keyed by ``index``: the first fragment of a call carries its ``id`` and ``function.name``, the
-following ones carry pieces of ``function.arguments``.
+following ones carry pieces of ``function.arguments``. Asked with ``stream_options:
+{"include_usage": true}``, the last chunk before ``[DONE]`` has empty ``choices`` and a ``usage``
+object with the token counts.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ChatStreamDecoder", "StreamText", "StreamToolCall", "StreamDone", "StreamProtocolError"]
+__all__ = ["ChatStreamDecoder", "StreamText", "StreamToolCall", "StreamUsage", "StreamDone", "StreamProtocolError"]
 
 
 class StreamProtocolError(ValueError):
@@ -30,6 +32,15 @@ class StreamToolCall:
     call_id: str
     name: str
     arguments: str
+
+
+@attrs.frozen
+class StreamUsage:
+    """Token counts, in the chunk with no choices that ends a stream asked for them
+    (``stream_options: {"include_usage": true}``)."""
+
+    prompt_tokens: int
+    completion_tokens: int
 
 
 @attrs.frozen
@@ -52,7 +63,7 @@ class ChatStreamDecoder:
         self._finish: str | None = None
         self.done = False
 
-    def feed(self, payload: str) -> list[StreamText | StreamToolCall | StreamDone]:
+    def feed(self, payload: str) -> list[StreamText | StreamToolCall | StreamUsage | StreamDone]:
         if self.done:
             raise StreamProtocolError("data after the end of the stream")
         if payload.strip() == "[DONE]":
@@ -68,7 +79,13 @@ class ChatStreamDecoder:
             err = chunk["error"]
             message = err.get("message", err) if isinstance(err, dict) else err
             raise StreamProtocolError(f"the server reported an error: {message}")
-        out: list[StreamText | StreamToolCall | StreamDone] = []
+        out: list[StreamText | StreamToolCall | StreamUsage | StreamDone] = []
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+            if prompt is None or completion is None:
+                raise StreamProtocolError("usage without whole, non-negative prompt_tokens and completion_tokens")
+            out.append(StreamUsage(prompt, completion))
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
@@ -105,3 +122,8 @@ class ChatStreamDecoder:
             calls.append(StreamToolCall(call.call_id or f"call_{index}", call.name, "".join(call.arguments)))
         self._calls.clear()
         return calls
+
+
+def _count(value: Any) -> int | None:
+    """`value` if it is a token count (a whole, non-negative JSON number), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else None

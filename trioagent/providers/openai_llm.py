@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from .._proto.openai_chat import ChatStreamDecoder, StreamProtocolError, StreamText, StreamToolCall
+from .._proto.openai_chat import ChatStreamDecoder, StreamProtocolError, StreamText, StreamToolCall, StreamUsage
 from .._proto.sse import SSEParser
 from ..chat import ChatContext
 from ..errors import ProviderError
 from ..tools import FunctionTool
-from .base import LLMChunk, TextDelta, ToolCall
+from .base import LLMChunk, TextDelta, ToolCall, Usage
 
 __all__ = ["OpenAILLM"]
 
@@ -49,7 +49,12 @@ class OpenAILLM:
         self.connect_timeout = connect_timeout
 
     def _request(self, chat_context: ChatContext, tools: Sequence[FunctionTool]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": chat_context.to_openai(), "stream": True}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": chat_context.to_openai(),
+            "stream": True,
+            "stream_options": {"include_usage": True},  # token counts for the turn's metrics
+        }
         if tools:
             body["tools"] = [t.schema() for t in tools]
         if self.temperature is not None:
@@ -90,6 +95,8 @@ class OpenAILLM:
                                         yield TextDelta(item.text)
                                     elif isinstance(item, StreamToolCall):
                                         yield ToolCall(item.name, item.arguments, item.call_id)
+                                    elif isinstance(item, StreamUsage):
+                                        yield Usage(item.prompt_tokens, item.completion_tokens)
                     if not decoder.done:
                         raise ProviderError(f"{url}: the stream ended before [DONE]", provider="OpenAILLM", retryable=True)
         except httpx.HTTPError as exc:
