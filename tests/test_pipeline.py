@@ -48,11 +48,17 @@ async def test_short_backchannel_does_not_interrupt(autojump_clock: trio.testing
         handle = await session.say(LONG)
         await trio.sleep_until(1.0)
         await transport.send_user_audio(speech(0.3))
+        await transport.send_user_audio(silence(1.0))
         await handle
         assert not handle.interrupted
         assert trio.current_time() == at(10.0)
     assert transport.voice_segments() == [(about(0.0), about(10.0))]
     assert llm.calls == []  # no turn was taken
+    # but what the user said is kept, unanswered (it ended its turn while the agent spoke on)
+    assert [(m.role, m.content) for m in session.agent.chat_context.messages[1:]] == [
+        (ChatRole.ASSISTANT, LONG),
+        (ChatRole.USER, "mm-hmm"),
+    ]
 
 
 async def test_barge_in_silences_the_voice(autojump_clock: trio.testing.MockClock) -> None:

@@ -252,21 +252,6 @@ async def test_min_interruption_words_counts_the_whole_turn(autojump_clock: trio
     assert [(t.transcript, t.is_final) for t in transcribed] == [("stop", False), ("stop", True), ("ok", False), ("ok stop", True)]
 
 
-async def test_a_backchannel_is_kept_in_the_chat_but_not_answered(autojump_clock: trio.testing.MockClock) -> None:
-    session, transport, llm, _ = make_session(transcripts=["mm-hmm"])
-    async with session:
-        handle = await session.say(LONG)
-        await trio.sleep_until(1.0)
-        await transport.send_user_audio(speech(0.3))
-        await transport.send_user_audio(silence(9.5))
-        assert not handle.interrupted
-    assert llm.calls == []
-    assert [(m.role, m.content) for m in session.agent.chat_context.messages[1:]] == [
-        (ChatRole.ASSISTANT, LONG),
-        (ChatRole.USER, "mm-hmm"),
-    ]
-
-
 # -- 7. tool errors ------------------------------------------------------------------------------------
 
 
