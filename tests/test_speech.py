@@ -374,3 +374,17 @@ async def test_close_event_carries_what_ended_the_session(autojump_clock: trio.t
         assert trio.current_time() == at(1.0)
     (event,) = closes
     assert event.reason == "pipeline failed" and isinstance(event.error, ProviderError) and session.failure is event.error
+
+
+async def test_async_close_callbacks_run_to_the_end(autojump_clock: trio.testing.MockClock) -> None:
+    session, _, _, _ = make_session()
+    saved: list[tuple[str, float]] = []
+
+    async def save_transcript(event: Any) -> None:
+        await trio.sleep(0.5)  # e.g. writing the call's record somewhere
+        saved.append((event.reason, trio.current_time()))
+
+    session.on("close", save_transcript)
+    async with session:
+        await trio.sleep(1.0)
+    assert saved == [("closed", at(1.5))]

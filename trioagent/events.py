@@ -120,6 +120,19 @@ class EventEmitter:
             except Exception:
                 _log.exception("%s callback %r raised", name, cb)
 
+    async def emit_and_wait(self, name: str, payload: Any = None) -> None:
+        """Emit, awaiting async callbacks here in turn (for an event after which no task of
+        the emitter is left to run them, such as `close`). The caller bounds the wait."""
+        self._check(name)
+        for cb in list(self._handlers.get(name, ())):
+            if inspect.iscoroutinefunction(cb):
+                await self._run_async(name, cb, payload)
+                continue
+            try:
+                cb(payload)
+            except Exception:
+                _log.exception("%s callback %r raised", name, cb)
+
     async def _run_async(self, name: str, cb: Callback, payload: Any) -> None:
         try:
             await cb(payload)

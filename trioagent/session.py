@@ -411,7 +411,9 @@ class AgentSession(EventEmitter):
                     await self._tasks_done.wait()
         self.on_wake_up = None
         self._closed.set()
-        self.emit("close", CloseEvent(reason, error))
+        # Every session task has ended, so async callbacks of `close` run here (bounded).
+        with trio.move_on_after(self.close_grace, shield=True):
+            await self.emit_and_wait("close", CloseEvent(reason, error))
 
     def _called_from_inside(self) -> bool:
         """Whether the current task is one of this session's own (a tool, a callback...)."""
@@ -430,7 +432,6 @@ class AgentSession(EventEmitter):
     async def hangup(self, reason: str = "hangup") -> None:
         """End the call through the transport (the phone call or connection ends from our
         side), then close the session with `reason` (in the `close` event)."""
-        self._update_states()
         with trio.move_on_after(self.close_grace) as scope:
             scope.shield = True
             try:
