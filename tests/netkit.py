@@ -130,3 +130,29 @@ TWILIO_STOP = json.dumps({"event": "stop", "sequenceNumber": "99", "streamSid": 
 def twilio_media(frame: AudioFrame) -> str:
     payload = base64.b64encode(ulaw_encode(frame.samples)).decode()
     return json.dumps({"event": "media", "streamSid": "MZ1", "media": {"track": "inbound", "payload": payload}})
+
+
+async def raw_exchange(listener: MemoryListener, data: bytes, *, read_for: float = 30.0) -> bytes:
+    """Send raw bytes on a new connection and read until the server closes it (or `read_for`)."""
+    stream = await listener.connect()
+    out = b""
+    async with stream:
+        await stream.send_all(data)
+        with trio.move_on_after(read_for):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+    return out
+
+
+def upgrade_request(path: str = "/ws", **overrides: bytes | None) -> bytes:
+    """A WebSocket opening handshake; `overrides` replace (or, with None, drop) header fields."""
+    fields: dict[str, bytes | None] = {
+        "Host": b"localhost",
+        "Upgrade": b"websocket",
+        "Connection": b"Upgrade",
+        "Sec-WebSocket-Key": b"dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": b"13",
+    }
+    fields.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    head = b"".join(f"{k}: ".encode() + v + b"\r\n" for k, v in fields.items() if v is not None)
+    return f"GET {path} HTTP/1.1\r\n".encode() + head + b"\r\n"

@@ -89,8 +89,10 @@ def test_twilio_media_checks() -> None:
     for payload, error in (("@@@@", "not valid base64"), (base64.b64encode(b"\xff" * 400).decode(), "larger than 160")):
         with pytest.raises(ProtocolError, match=error):
             proto.receive(json.dumps({**MEDIA, "media": {"payload": payload}}))
-    with pytest.raises(ProtocolError, match="'timestamp' is not a number"):
-        proto.receive(json.dumps({**MEDIA, "media": {"payload": "", "timestamp": "soon"}}))
+    for bad in ("soon", -1, 1e300, "12.5", True, "9" * 40):
+        with pytest.raises(ProtocolError, match="'timestamp' must be a whole number of milliseconds"):
+            proto.receive(json.dumps({**MEDIA, "media": {"payload": "", "timestamp": bad}}))
+    assert proto.receive(json.dumps({**MEDIA, "media": {"payload": "", "timestamp": "1234"}})).timestamp_ms == 1234
 
 
 json_values = st.recursive(

@@ -55,8 +55,11 @@ async def test_page_and_404(nursery: trio.Nursery) -> None:
     page = await raw_http(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert page.startswith(b"HTTP/1.1 200") and b"text/html" in page and b"getUserMedia" in page
     assert (await raw_http(server.port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 404")
-    assert (await raw_http(server.port, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 404")  # no upgrade
-    assert await raw_http(server.port, b"\x16\x03\x01 garbage\r\n\r\n") == b""  # not HTTP: closed
+    assert (await raw_http(server.port, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 426")  # no upgrade
+    assert (await raw_http(server.port, b"\x16\x03\x01 garbage\r\n\r\n")).startswith(b"HTTP/1.1 400")  # not HTTP
+    head = await raw_http(server.port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: " in head and head.endswith(b"\r\n\r\n")  # no body
+    assert (await raw_http(server.port, b"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n")).startswith(b"HTTP/1.1 405")
     server.shutdown()
 
 

@@ -12,6 +12,8 @@ accepting, lets running sessions finish for `grace` seconds, then closes them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import inspect
 import logging
@@ -46,9 +48,6 @@ _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 AgentFactory = Callable[[], "tuple[Agent, Pipeline] | Awaitable[tuple[Agent, Pipeline]]"]
 """Makes the agent and pipeline of one new session (sync or async)."""
 
-# Close codes (RFC 6455 section 7.4.1).
-
-
 class _Replay(trio.abc.Stream):
     """A stream with some already-read bytes put back in front."""
 
@@ -78,9 +77,35 @@ class _Replay(trio.abc.Stream):
         await self._stream.aclose()
 
 
+class _CloseWith(Exception):
+    """End this connection with a close code and reason (not an error of the server's)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@attrs.define(eq=False)
+class _Connection:
+    """One accepted WebSocket connection, from its handshake to its close."""
+
+    ws: trio_websocket.WebSocketConnection
+    session: AgentSession | None = None
+    # The wait before a session runs (hello or start, the agent factory): a drain cancels it.
+    starting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    drained: bool = False
+
+
 @attrs.define(eq=False)
 class Server:
-    """A running `serve()`: its address, its counters, and `shutdown()`."""
+    """A running `serve()`: its address, its counters, and `shutdown()`.
+
+    Every wait on a peer is bounded: the request head and the WebSocket handshake and the hello
+    (`hello_timeout`), the agent factory (`factory_timeout`), each close handshake
+    (`close_timeout`, after which the TCP connection is dropped). A session's slot is free as
+    soon as the session ends, whatever the peer does with the close frame.
+    """
 
     factory: AgentFactory
     secret: str | None = None
@@ -88,8 +113,9 @@ class Server:
     max_sessions: int = 200
     max_message_size: int = 64 * 1024
     hello_timeout: float = 10.0
+    factory_timeout: float = 10.0
     grace: float = 10.0
-    close_timeout: float = 5.0
+    close_timeout: float = 2.0
     on_session: Callable[[AgentSession], None] | None = None
     port: int = 0
     active: int = 0
@@ -97,14 +123,15 @@ class Server:
     refused: dict[str, int] = attrs.field(factory=dict)
     tick_phases: int = 4
     _clocks: dict[TickClock, int] = attrs.field(init=False, factory=dict)  # clock -> sessions on it
-    _live: list[tuple[AgentSession, _WebSocketTransport]] = attrs.field(factory=list)
+    _live: list[_Connection] = attrs.field(factory=list)
+    _open: int = attrs.field(init=False, default=0)  # connections with a session or still closing
     _shutdown: trio.Event = attrs.field(factory=trio.Event)
     _idle: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def transports(self) -> list[_WebSocketTransport]:
         """The transports of the sessions running now, oldest first."""
-        return [transport for _, transport in self._live]
+        return [c.session.transport for c in self._live if c.session is not None and isinstance(c.session.transport, _WebSocketTransport)]
 
     def shutdown(self) -> None:
         """Stop accepting; running sessions get `grace` seconds to finish. Not a checkpoint."""
@@ -151,14 +178,18 @@ class Server:
             if self.active:
                 _log.info("grace period over: closing %d session(s)", self.active)
                 async with trio.open_nursery() as closing:
-                    for session, _ in self._live:
-                        closing.start_soon(session.close)
-                with trio.move_on_after(self.close_timeout):
-                    await self._wait_idle()  # each sends its close frame (1001)
+                    for conn in self._live:
+                        conn.drained = True
+                        conn.starting.cancel()
+                        if conn.session is not None:
+                            closing.start_soon(conn.session.close)
+            with trio.move_on_after(self.close_timeout + 1.0):
+                await self._wait_idle(closing=True)  # each sends its close frame (1001), bounded
             sessions.cancel_scope.cancel()
 
-    async def _wait_idle(self) -> None:
-        while self.active:
+    async def _wait_idle(self, closing: bool = False) -> None:
+        """Until no session runs (with `closing`: until no connection is still closing either)."""
+        while self.active or (closing and self._open):
             self._idle = trio.Event()
             await self._idle.wait()
 
@@ -180,27 +211,19 @@ class Server:
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         try:
-            async with stream:
-                with trio.move_on_after(self.hello_timeout) as waited:
-                    request, head = await self._read_request(stream)
-                    if request is None:
-                        return
-                    path = urlsplit(request.target.decode("latin-1"))
-                    query = {k: v[0] for k, v in parse_qs(path.query).items()}
-                    upgrade = any(k.lower() == b"upgrade" and v.lower() == b"websocket" for k, v in request.headers)
-                    if path.path == "/" and not upgrade:
-                        await self._send_page(stream)
-                        return
-                    if path.path not in ("/ws", "/twilio") or not upgrade:
-                        await self._plain(stream, 404, b"not found")
-                        return
-                if waited.cancelled_caught:
-                    return  # no request head in time
+            async with stream:  # whatever happens, the TCP connection is closed at the end
+                with trio.move_on_after(self.hello_timeout):
+                    routed = await self._route(stream)
+                if routed is None:
+                    return
+                path, query, head = routed
                 async with trio.open_nursery() as nursery:
-                    ws_request = await trio_websocket.wrap_server_stream(
-                        nursery, _Replay(stream, head), max_message_size=self.max_message_size
-                    )
-                    await self._websocket(ws_request, path.path, query)
+                    with trio.move_on_after(self.hello_timeout) as handshake:
+                        ws_request = await trio_websocket.wrap_server_stream(
+                            nursery, _Replay(stream, head), max_message_size=self.max_message_size
+                        )
+                    if not handshake.cancelled_caught:
+                        await self._websocket(ws_request, path, query)
                     nursery.cancel_scope.cancel()
         except BaseException as exc:  # noqa: BLE001 - sorted below; nothing escapes to other sessions
             if not isinstance(exc, Exception):
@@ -210,6 +233,42 @@ class Server:
                 _log.error("connection failed", exc_info=failed)
             elif gone is not None:
                 _log.debug("peer went away: %r", gone)
+
+    async def _route(self, stream: trio.abc.Stream) -> tuple[str, dict[str, str], bytes] | None:
+        """Read the request head and answer every plain-HTTP case here (the page, errors).
+        Returns the WebSocket path, query and the bytes read, when it is a valid upgrade."""
+        try:
+            request, head = await self._read_request(stream)
+        except h11.RemoteProtocolError:
+            await self._plain(stream, 400, b"bad request")
+            return None
+        if request is None:
+            return None
+        path = urlsplit(request.target.decode("latin-1"))
+        query = {k: v[0] for k, v in parse_qs(path.query).items()}
+        headers = {k.lower(): v for k, v in request.headers}  # (h11 gives lower-case names)
+        upgrade = b"websocket" in _tokens(headers.get(b"upgrade", b""))
+        if path.path == "/" and not upgrade:
+            if request.method in (b"GET", b"HEAD"):
+                await self._send_page(stream, head_only=request.method == b"HEAD")
+            else:
+                await self._plain(stream, 405, b"method not allowed", extra=[("allow", "GET, HEAD")])
+            return None
+        if path.path not in ("/ws", "/twilio"):
+            await self._plain(stream, 404, b"not found")
+            return None
+        problem = _handshake_problem(request.method, headers, upgrade)
+        if problem is not None:
+            status, reason = problem
+            self._refuse("handshake")
+            extra = [("sec-websocket-version", "13"), ("upgrade", "websocket")] if status == 426 else []
+            await self._plain(stream, status, reason.encode(), extra=extra)
+            return None
+        if path.path == "/ws" and self.allowed_origins is not None and _origin(headers) not in self.allowed_origins:
+            self._refuse("origin")
+            await self._plain(stream, 403, b"origin not allowed")
+            return None
+        return path.path, query, head
 
     async def _read_request(self, stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes]:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
@@ -227,43 +286,61 @@ class Server:
             else:
                 return None, head
 
-    async def _plain(self, stream: trio.abc.Stream, status: int, body: bytes, content_type: str = "text/plain") -> None:
+    async def _plain(
+        self, stream: trio.abc.Stream, status: int, body: bytes, content_type: str = "text/plain", *, head_only: bool = False, extra: list[tuple[str, str]] | None = None
+    ) -> None:
         conn = h11.Connection(h11.SERVER)
-        conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        conn.receive_data(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" if head_only else b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         conn.next_event()
-        headers = [("content-type", content_type), ("content-length", str(len(body))), ("connection", "close")]
-        await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        headers = [("content-type", content_type), ("content-length", str(len(body))), ("connection", "close"), *(extra or [])]
+        out = conn.send(h11.Response(status_code=status, headers=headers))
+        if not head_only:
+            out += conn.send(h11.Data(data=body))
+        out += conn.send(h11.EndOfMessage())
+        await stream.send_all(out)
 
-    async def _send_page(self, stream: trio.abc.Stream) -> None:
+    async def _send_page(self, stream: trio.abc.Stream, *, head_only: bool = False) -> None:
         page = resources.files("trioagent.web").joinpath("index.html").read_bytes()
-        await self._plain(stream, 200, page, "text/html; charset=utf-8")
+        await self._plain(stream, 200, page, "text/html; charset=utf-8", head_only=head_only)
 
     async def _websocket(self, request: trio_websocket.WebSocketRequest, path: str, query: dict[str, str]) -> None:
-        origin = next((v.decode() for k, v in request.headers if k.lower() == b"origin"), None)
-        if path == "/ws" and self.allowed_origins is not None and origin not in self.allowed_origins:
-            self._refuse("origin")
-            await request.reject(403, body=b"origin not allowed")
-            return
         ws = await request.accept()
         if self.active >= self.max_sessions or self._shutdown.is_set():
             self._refuse("capacity")
-            await ws.aclose(CloseCode.TRY_AGAIN_LATER, "server full: too many sessions" if not self._shutdown.is_set() else "server shutting down")
+            await self._close(ws, CloseCode.TRY_AGAIN_LATER, "server full: too many sessions" if not self._shutdown.is_set() else "server shutting down")
             return
+        conn = _Connection(ws)
+        self._live.append(conn)
         self.active += 1
+        self._open += 1
         try:
-            if path == "/ws":
-                await self._browser(ws, query)
-            else:
-                await self._twilio(ws, query)
+            code, reason = await self._run_session(conn, path, query)
         except ProtocolError as exc:
             self._refuse("protocol")
-            await ws.aclose(exc.close_code, _reason(exc))
+            code, reason = exc.close_code, _reason(exc)
         except TokenError as exc:
             self._refuse("token")
-            await ws.aclose(CloseCode.POLICY_VIOLATION, _reason(f"unauthorized: {exc}"))
+            code, reason = CloseCode.POLICY_VIOLATION, _reason(f"unauthorized: {exc}")
+        except _CloseWith as exc:
+            code, reason = exc.code, exc.reason
         finally:
+            # The session is over: its slot is free now, whatever the peer does with our close.
+            self._live.remove(conn)
             self.active -= 1
             self._idle.set()
+        if conn.drained and code == CloseCode.NORMAL:
+            code, reason = CloseCode.GOING_AWAY, "server shutting down"
+        try:
+            await self._close(ws, code, reason)
+        finally:
+            self._open -= 1
+            self._idle.set()
+
+    async def _close(self, ws: trio_websocket.WebSocketConnection, code: int, reason: str) -> None:
+        """Close with `code`, waiting at most `close_timeout` for the peer's answer (a peer that
+        never answers is dropped when the connection's handler returns)."""
+        with trio.move_on_after(self.close_timeout):
+            await ws.aclose(code, reason)
 
     def _check_token(self, token: str | None) -> None:
         if self.secret is None:
@@ -272,37 +349,52 @@ class Server:
             raise TokenError("a token is required")
         verify_token(token, self.secret)
 
-    async def _browser(self, ws: trio_websocket.WebSocketConnection, query: dict[str, str]) -> None:
+    async def _browser_hello(self, conn: _Connection, query: dict[str, str]) -> tuple[_WebSocketTransport, str | None]:
         with trio.move_on_after(self.hello_timeout) as waited:
-            first = await ws.get_message()
+            first = await conn.ws.get_message()
         if waited.cancelled_caught:
             raise ProtocolError(f"no hello within {self.hello_timeout:.0f} s")
         hello = bp.parse_hello(first)
         self._check_token(hello.token or query.get("token"))
-        transport = BrowserTransport(ws, hello)
-        await self._run_session(transport, ready=bp.message("ready", sample_rate=hello.sample_rate, output_sample_rate=hello.output_sample_rate))
+        ready = bp.message("ready", sample_rate=hello.sample_rate, output_sample_rate=hello.output_sample_rate)
+        return BrowserTransport(conn.ws, hello), ready
 
-    async def _twilio(self, ws: trio_websocket.WebSocketConnection, query: dict[str, str]) -> None:
-        transport = TwilioTransport(ws)
+    async def _twilio_start(self, conn: _Connection, query: dict[str, str]) -> tuple[_WebSocketTransport, str | None]:
+        transport = TwilioTransport(conn.ws)
         # Read up to `start` here, so the token is checked before any session exists.
         with trio.move_on_after(self.hello_timeout) as waited:
             while transport.start is None:
-                await transport._on_message(await ws.get_message())
-        if waited.cancelled_caught:
+                await transport.receive(await conn.ws.get_message())
+        if waited.cancelled_caught or transport.start is None:
             raise ProtocolError(f"no start within {self.hello_timeout:.0f} s")
-        assert transport.start is not None
         self._check_token(transport.start.custom_parameters.get("token") or query.get("token"))
-        await self._run_session(transport)
+        return transport, None
 
-    async def _run_session(self, transport: _WebSocketTransport, ready: str | None = None) -> None:
-        try:
-            made = self.factory()
-            agent, pipeline = await made if inspect.isawaitable(made) else made
-        except Exception:
-            _log.exception("the agent factory failed")
-            self._refuse("factory")
-            await transport.ws.aclose(CloseCode.INTERNAL_ERROR, "the agent could not start")
-            return
+    async def _make_agent(self) -> tuple[Agent, Pipeline]:
+        """The factory's agent and pipeline.
+
+        Raises:
+            _CloseWith: it failed or did not return within `factory_timeout`.
+        """
+        with trio.move_on_after(self.factory_timeout):
+            try:
+                made = self.factory()
+                return await made if inspect.isawaitable(made) else made
+            except Exception:
+                _log.exception("the agent factory failed")
+                self._refuse("factory")
+                raise _CloseWith(CloseCode.INTERNAL_ERROR, "the agent could not start") from None
+        _log.error("the agent factory did not return within %.1f s", self.factory_timeout)
+        self._refuse("factory")
+        raise _CloseWith(CloseCode.INTERNAL_ERROR, f"the agent did not start within {self.factory_timeout:g} s")
+
+    async def _run_session(self, conn: _Connection, path: str, query: dict[str, str]) -> tuple[int, str]:
+        # Before the session: the hello (or Twilio's start) and the factory. A drain cancels it.
+        with conn.starting:
+            transport, ready = await (self._browser_hello(conn, query) if path == "/ws" else self._twilio_start(conn, query))
+            agent, pipeline = await self._make_agent()
+        if conn.starting.cancelled_caught:
+            return CloseCode.GOING_AWAY, "server shutting down"
         clock = min(self._clocks, key=self._clocks.__getitem__)
         session = AgentSession(agent, pipeline, transport=transport, tick_clock=clock)
         if isinstance(transport, BrowserTransport):
@@ -311,10 +403,9 @@ class Server:
             self.on_session(session)  # e.g. to subscribe to its events, before it starts
         self.sessions_started += 1
         if ready is not None:
-            await transport.ws.send_message(ready)
+            await conn.ws.send_message(ready)
         failure: ProtocolError | None = None
-        live = (session, transport)
-        self._live.append(live)
+        conn.session = session
         self._clocks[clock] += 1
         try:
             async with trio.open_nursery() as nursery:
@@ -333,20 +424,55 @@ class Server:
                 await session.run()
                 nursery.cancel_scope.cancel()
         finally:
-            self._live.remove(live)
             self._clocks[clock] -= 1
-        closed = transport.ws.closed
+        closed = conn.ws.closed
         if closed is not None and closed.code == CloseCode.MESSAGE_TOO_BIG:
             self._refuse("too_big")
         if failure is not None:
             raise failure
         if session.failure is not None:  # logged with its traceback by the session
             self._refuse("agent_failed")
-            await transport.ws.aclose(CloseCode.INTERNAL_ERROR, "the agent failed")
-        elif self._shutdown.is_set() and not transport.hung_up:
-            await transport.ws.aclose(CloseCode.GOING_AWAY, "server shutting down")
-        else:
-            await transport.ws.aclose(CloseCode.NORMAL, "session ended")
+            return CloseCode.INTERNAL_ERROR, "the agent failed"
+        if self._shutdown.is_set() and not transport.hung_up:
+            return CloseCode.GOING_AWAY, "server shutting down"
+        return CloseCode.NORMAL, "session ended"
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    """The comma-separated tokens of a header value, lower-case."""
+    return [t.strip().lower() for t in value.split(b",")]
+
+
+def _handshake_problem(method: bytes, headers: dict[bytes, bytes], upgrade: bool) -> tuple[int, str] | None:
+    """What is wrong with a WebSocket opening handshake (RFC 6455 4.2.1), if anything: checked
+    here so that every bad one gets its HTTP answer and ends (the WebSocket layer would answer
+    400 and then wait for a request that never comes)."""
+    if not upgrade:
+        return 426, "this endpoint speaks WebSocket (Upgrade: websocket)"
+    if method != b"GET":
+        return 405, "a WebSocket handshake is a GET"
+    if b"upgrade" not in _tokens(headers.get(b"connection", b"")):
+        return 400, "Connection: Upgrade is missing"
+    try:
+        key = base64.b64decode(headers.get(b"sec-websocket-key", b""), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 16:
+        return 400, "Sec-WebSocket-Key is missing or not 16 bytes of base64"
+    if headers.get(b"sec-websocket-version", b"").strip() != b"13":
+        return 426, "only WebSocket version 13 is spoken here"
+    return None
+
+
+def _origin(headers: dict[bytes, bytes]) -> str | None:
+    """The Origin header, if it is there and is ASCII (anything else matches no allowed origin)."""
+    value = headers.get(b"origin")
+    if value is None:
+        return None
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 def _reason(exc: object) -> str:
@@ -366,6 +492,7 @@ async def serve(
     max_sessions: int = 200,
     max_message_size: int = 64 * 1024,
     grace: float = 10.0,
+    factory_timeout: float = 10.0,
     on_session: Callable[[AgentSession], None] | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -380,6 +507,8 @@ async def serve(
         max_sessions: connections beyond this are closed with 1013 "server full".
         max_message_size: larger WebSocket messages close the connection with 1009.
         grace: on shutdown, how long running sessions may go on before they are closed.
+        factory_timeout: a factory that has not returned by then closes that connection
+            with 1011.
         on_session: called with each new `AgentSession` before it starts (to subscribe to
             its events, count, log).
     """
@@ -390,6 +519,7 @@ async def serve(
         max_sessions=max_sessions,
         max_message_size=max_message_size,
         grace=grace,
+        factory_timeout=factory_timeout,
         on_session=on_session,
     )
     async with trio.open_nursery() as nursery:

@@ -254,6 +254,12 @@ class AgentSession(EventEmitter):
         try:
             self._nursery = await outer.start(self._run_tasks)
             await self._start()
+        except SessionClosed:
+            if not self._close_started:
+                raise  # (cannot happen: only a close makes the session refuse work)
+            # Closed while starting (the caller hung up at once, say): a normal close. The
+            # session is entered, and closed: `run()` returns at once, `say()` raises.
+            _log.info("the session was closed while it started")
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self.close()

@@ -21,6 +21,10 @@ def json_object(text: str | bytes, binary_error: str) -> dict[str, Any]:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"not JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ProtocolError("JSON nested too deep") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ProtocolError(f"not usable JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("a message must be a JSON object")
     return obj

@@ -61,6 +61,27 @@ class TwilioStop:
 TwilioEvent = TwilioConnected | TwilioStart | TwilioMedia | TwilioMark | TwilioDtmf | TwilioStop
 
 
+_MAX_MS = 2**53  # a JSON number a peer may send as a count of milliseconds
+
+
+def _milliseconds(value: Any) -> int | None:
+    """Twilio's ``timestamp``: a whole, non-negative number of milliseconds, as a number or a
+    string of digits (Twilio sends a string). Anything else (1e999, -1, "12.5", true) is refused.
+
+    Raises:
+        ProtocolError: not such a number.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_MS:
+        return value
+    raise ProtocolError("media: 'timestamp' must be a whole number of milliseconds")
+
+
 def _field(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     value = obj.get(key)
     if not isinstance(value, kind):
@@ -118,12 +139,7 @@ class TwilioProtocol:
                 raw = base64.b64decode(payload, validate=True)
             except (binascii.Error, ValueError):
                 raise ProtocolError("media: payload is not valid base64") from None
-            ts = media.get("timestamp")
-            try:
-                timestamp = int(ts) if ts is not None else None
-            except (TypeError, ValueError):
-                raise ProtocolError("media: 'timestamp' is not a number") from None
-            return TwilioMedia(ulaw_decode(raw), timestamp)
+            return TwilioMedia(ulaw_decode(raw), _milliseconds(media.get("timestamp")))
         if event == "mark":
             mark = _field(msg, "mark", dict, "mark")
             return TwilioMark(_field(mark, "name", str, "mark"))

@@ -2,10 +2,12 @@
 
 How this works: each transport has one reader loop (`run`) that turns incoming messages into
 `AudioFrame`s on `audio_in` (and control actions), and one writer task that owns every send, so
-sends never interleave (the trio-websocket pattern: one reader, one sender). Outgoing messages
-wait in a short queue; `clear()` drops the audio still queued there and, for Twilio, asks
-Twilio to drop what it has buffered. Bad input raises `ProtocolError`, which the server turns
-into a close code and reason for this one connection.
+sends never interleave (the trio-websocket pattern: one reader, one sender). Outgoing audio waits
+in a short queue (back-pressure beyond it), control messages in their own bounded one, sent
+first; `clear()` drops the queued audio in O(1) of the control traffic and, for Twilio, asks
+Twilio to drop what it has buffered. Incoming control messages are rate-limited per connection.
+Bad input raises `ProtocolError`, which the server turns into a close code and reason for this
+one connection.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ __all__ = ["BrowserTransport", "TwilioTransport"]
 _log = logging.getLogger("trioagent.transports.websocket")
 
 _MAX_PENDING_MARKS = 64  # 12.8 s of audio at one mark per 200 ms
+_MAX_CONTROL_OUT = 256  # control messages waiting for a peer that does not read: beyond, the oldest go
+INPUT_QUEUE = 500  # 10 s of 20 ms input frames waiting for the session: beyond, reading waits
 
 
 class _WebSocketTransport:
@@ -49,15 +53,21 @@ class _WebSocketTransport:
         frame_duration: float = FRAME_DURATION,
         mark_every: int = 10,
         max_ahead: float = 5.0,
+        control_rate: float = 20.0,
+        control_burst: int = 40,
     ) -> None:
         self.ws = ws
         self.max_ahead = max_ahead  # seconds of audio a peer may send ahead of real time (bursts)
         self.session: AgentSessionAPI | None = None
         self.max_frame_duration = max_frame_duration
-        self._in_send, self._in_receive = trio.open_memory_channel[AudioFrame](math.inf)
-        self._queue: collections.deque[tuple[bool, str | bytes]] = collections.deque()  # (is_audio, message)
-        self._queued_audio = 0  # audio (and mark) messages in the queue
+        self._in_send, self._in_receive = trio.open_memory_channel[AudioFrame](INPUT_QUEUE)
+        self._audio: collections.deque[str | bytes] = collections.deque()  # audio and marks, in order
+        self._control: collections.deque[str] = collections.deque(maxlen=_MAX_CONTROL_OUT)
         self._max_queued = max_queued
+        self.control_rate = control_rate
+        self.control_burst = control_burst
+        self._allowance = float(control_burst)
+        self._allowance_at = -math.inf
         self._wake = trio.Event()
         self._space = trio.Event()
         self.hung_up = False
@@ -80,19 +90,15 @@ class _WebSocketTransport:
     def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
         return self._in_receive
 
-    def _enqueue(self, message: str | bytes, audio: bool) -> None:
-        self._queue.append((audio, message))
-        self._queued_audio += audio
-        self._wake.set()
-
     async def _send_audio_message(self, message: str | bytes) -> None:
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        while self._queued_audio >= self._max_queued and not self._closed:
+        while len(self._audio) >= self._max_queued and not self._closed:
             self._space = trio.Event() if self._space.is_set() else self._space
             await self._space.wait()
-        self._enqueue(message, audio=True)
+        self._audio.append(message)
+        self._wake.set()
         await trio.lowlevel.checkpoint()
 
     async def send_audio(self, frame: AudioFrame) -> None:
@@ -104,7 +110,8 @@ class _WebSocketTransport:
             self._marks_pending[name] = None
             if len(self._marks_pending) > _MAX_PENDING_MARKS:
                 del self._marks_pending[next(iter(self._marks_pending))]
-            self._enqueue(self._mark_message(name), audio=True)  # dropped by clear() like the audio before it
+            self._audio.append(self._mark_message(name))  # dropped by clear() like the audio before it
+            self._wake.set()
 
     def unplayed(self) -> float:
         """Seconds of audio sent that the listener has not heard yet (0 until a mark has come
@@ -129,28 +136,44 @@ class _WebSocketTransport:
         raise NotImplementedError
 
     def send_control(self, message: str) -> None:
-        """Queue a JSON text message (never dropped by `clear()`). Not a checkpoint."""
-        self._enqueue(message, audio=False)
+        """Queue a JSON text message, sent before queued audio and never dropped by `clear()`
+        (a peer that reads nothing loses the oldest beyond 256). Not a checkpoint."""
+        if not self._closed:
+            self._control.append(message)
+            self._wake.set()
 
     def _drop_queued_audio(self) -> None:
-        kept = [(a, m) for a, m in self._queue if not a]
-        self._queue.clear()
-        self._queue.extend(kept)
-        self._queued_audio = 0
+        self._audio.clear()
         self._space.set()
         self._marks_pending.clear()  # what was sent before is dropped by the peer: no echoes count
 
     async def _writer(self) -> None:
         while True:
-            while not self._queue:
+            while not (self._control or self._audio):
                 self._wake = trio.Event()
                 await self._wake.wait()
-            audio, message = self._queue.popleft()
-            self._queued_audio -= audio
-            self._space.set()
+            if self._control:
+                message: str | bytes = self._control.popleft()
+            else:
+                message = self._audio.popleft()
+                self._space.set()
             await self.ws.send_message(message)
 
-    def _deliver(self, samples: np.ndarray) -> None:
+    def _count_control(self) -> None:
+        """One control message from the peer: a token bucket of `control_rate` a second, up to
+        `control_burst` at once.
+
+        Raises:
+            ProtocolError: (1008) more than that.
+        """
+        now = trio.current_time()
+        self._allowance = min(float(self.control_burst), self._allowance + (now - self._allowance_at) * self.control_rate)
+        self._allowance_at = now
+        if self._allowance < 1.0:
+            raise ProtocolError(f"too many control messages (over {self.control_rate:g} a second)", close_code=CloseCode.POLICY_VIOLATION)
+        self._allowance -= 1.0
+
+    async def _deliver(self, samples: np.ndarray) -> None:
         """Cut incoming audio (messages of any length) into `frame_duration` frames, the size
         the VADs and STTs are tuned to; a remainder waits for the next message."""
         duration = len(samples) / self.input_sample_rate
@@ -166,12 +189,20 @@ class _WebSocketTransport:
         data = np.concatenate([self._remainder, np.asarray(samples, np.int16)]) if len(self._remainder) else np.asarray(samples, np.int16)
         step = round(self.input_sample_rate * self.frame_duration)
         whole = len(data) - len(data) % step
-        for i in range(0, whole, step):
-            frame = AudioFrame(np.ascontiguousarray(data[i : i + step]), self.input_sample_rate, 1, start + i / self.input_sample_rate)
-            self.frames_in += 1
-            self._in_send.send_nowait(frame)
+        frames = [
+            AudioFrame(np.ascontiguousarray(data[i : i + step]), self.input_sample_rate, 1, start + i / self.input_sample_rate)
+            for i in range(0, whole, step)
+        ]
         self._remainder = data[whole:].copy()
         self._next_start = start + whole / self.input_sample_rate
+        for frame in frames:
+            self.frames_in += 1
+            try:
+                self._in_send.send_nowait(frame)
+            except trio.WouldBlock:
+                # The session is not taking audio (a hung STT: the session ends it): wait,
+                # and the peer's sends wait behind us (TCP back-pressure), nothing piles up.
+                await self._in_send.send(frame)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read until the peer closes (input then ends) or sends something invalid.
@@ -189,7 +220,7 @@ class _WebSocketTransport:
                         message = await self.ws.get_message()
                     except trio_websocket.ConnectionClosed:
                         break
-                    await self._on_message(message)
+                    await self.receive(message)
             except ProtocolError as exc:
                 failure = exc  # raised bare below, not wrapped in the nursery's group
             finally:
@@ -200,7 +231,12 @@ class _WebSocketTransport:
         if failure is not None:
             raise failure
 
-    async def _on_message(self, message: str | bytes) -> None:
+    async def receive(self, message: str | bytes) -> None:
+        """Handle one message from the peer.
+
+        Raises:
+            ProtocolError: it is not what the protocol allows (or too many control messages).
+        """
         raise NotImplementedError
 
     def clear(self) -> None:
@@ -243,12 +279,13 @@ class BrowserTransport(_WebSocketTransport):
         self._drop_queued_audio()
         self.send_control(bp.message("clear"))
 
-    async def _on_message(self, message: str | bytes) -> None:
+    async def receive(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
             if len(message) % 2:
                 raise ProtocolError(f"an audio message of {len(message)} bytes is not whole 16-bit samples")
-            self._deliver(np.frombuffer(message, "<i2"))
+            await self._deliver(np.frombuffer(message, "<i2"))
             return
+        self._count_control()
         control = bp.parse_control(message)
         if control.type == "mark":
             self._on_mark(control.name)
@@ -296,13 +333,15 @@ class TwilioTransport(_WebSocketTransport):
         if self.proto.stream_sid is not None:
             self.send_control(self.proto.clear())
 
-    async def _on_message(self, message: str | bytes) -> None:
+    async def receive(self, message: str | bytes) -> None:
         event = self.proto.receive(message)
+        if not isinstance(event, TwilioMedia):
+            self._count_control()
         if isinstance(event, TwilioStart):
             self.start = event
             self.started.set()
         elif isinstance(event, TwilioMedia):
-            self._deliver(event.samples)
+            await self._deliver(event.samples)
         elif isinstance(event, TwilioMark):
             self._on_mark(event.name)
         elif isinstance(event, TwilioDtmf):

@@ -1,0 +1,201 @@
+"""Issue 10: the server against hostile and broken peers, in virtual time over in-memory
+streams (the same server code; raw bytes or the trio-websocket client on the other side)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+import wsproto
+import wsproto.events
+
+from trioagent import Agent
+from trioagent.pipeline.base import Pipeline
+
+from .kit import all_tasks
+from .netkit import (
+    TWILIO_CONNECTED, Client, MemoryListener, browser_client, factory, hello, open_ws, raw_exchange, start_memory_server,
+    twilio_start, upgrade_request,
+)
+from .test_server import browser_conversation, close_reason
+
+
+async def test_header_bytes_that_are_not_utf8_get_an_http_answer(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    server, listener = await start_memory_server(nursery, allowed_origins={"https://good.example"})
+    answer = await raw_exchange(listener, upgrade_request(Origin=b"\xff\xfe\x80"))
+    assert answer.startswith(b"HTTP/1.1 403") and answer.endswith(b"origin not allowed")
+    answer = await raw_exchange(listener, upgrade_request(Cookie=b"\xc3\x28", User_Agent=b"\xff"))  # any other header
+    assert answer.startswith(b"HTTP/1.1 403")  # (still no allowed Origin)
+    assert await raw_exchange(listener, b"\xff\xfe GARBAGE\r\n\r\n") == b"HTTP/1.1 400 \r\ncontent-type: text/plain\r\ncontent-length: 11\r\nconnection: close\r\n\r\nbad request"
+    assert "Traceback" not in caplog.text and "connection failed" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status"),
+    [
+        ({"Sec_WebSocket_Key": None}, 400),
+        ({"Sec_WebSocket_Key": b"short"}, 400),
+        ({"Sec_WebSocket_Version": b"8"}, 426),
+        ({"Connection": b"keep-alive"}, 400),
+        ({"Upgrade": None}, 426),
+    ],
+)
+async def test_rejected_handshakes_leave_nothing_behind(autojump_clock: trio.testing.MockClock, overrides: dict[str, Any], status: int) -> None:
+    before = len(all_tasks())
+    async with trio.open_nursery() as nursery:
+        server, listener = await start_memory_server(nursery)
+        running = len(all_tasks())
+        for _ in range(50):
+            answer = await raw_exchange(listener, upgrade_request(**overrides), read_for=60)
+            assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(all_tasks()) == running  # each handler ended with its answer: no task, no connection left
+        answer = await raw_exchange(listener, b"POST /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\ncontent-length: 0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 405")
+        server.shutdown()
+    assert len(all_tasks()) == before
+
+
+class SilentPeer:
+    """A WebSocket client (wsproto over a raw stream) that talks, then never reads again: it
+    does not answer the server's close frame."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+
+    async def open(self, path: str) -> None:
+        await self.stream.send_all(self.ws.send(wsproto.events.Request(host="localhost", target=path)))
+        while True:
+            self.ws.receive_data(await self.stream.receive_some(65536))
+            if any(isinstance(e, wsproto.events.AcceptConnection) for e in self.ws.events()):
+                return
+
+    async def send(self, text: str) -> None:
+        await self.stream.send_all(self.ws.send(wsproto.events.TextMessage(data=text)))
+
+
+async def test_a_peer_that_never_answers_the_close_frees_its_slot_at_once(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery, max_sessions=1)
+    stream = await listener.connect()
+    peer = SilentPeer(stream)
+    await peer.open("/ws")
+    await peer.send(hello())
+    await trio.sleep(1.0)
+    t = trio.current_time()
+    await peer.send(json.dumps({"type": "end"}))  # ... and then it reads nothing, answers nothing
+    with trio.fail_after(1):
+        while server.active:
+            await trio.sleep(0.001)
+    assert trio.current_time() - t < 0.01  # the slot is free when the session ends
+    # a healthy caller is served at once (max_sessions=1)
+    assert [m["text"] for m in (await browser_conversation(listener)).of("transcript")] == ["hello agent"]
+    # and the silent peer's TCP connection was dropped after the 2 s close bound
+    with trio.fail_after(1):
+        received = b""
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    assert b"session ended" in received  # the close frame went out; then the connection closed
+
+
+async def test_a_factory_that_never_returns_is_bounded(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    async def stuck() -> tuple[Agent, Pipeline]:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    server, listener = await start_memory_server(nursery, factory_timeout=10.0)
+    server.factory = stuck
+    t = trio.current_time()
+    assert await close_reason(listener, "/ws", [hello()]) == (1011, "the agent did not start within 10 s")
+    assert trio.current_time() - t == pytest.approx(10.0, abs=1e-6)
+    assert server.active == 0 and server.refused == {"factory": 1}
+
+
+async def test_a_drain_closes_a_session_that_is_still_starting(autojump_clock: trio.testing.MockClock) -> None:
+    async def slow() -> tuple[Agent, Any]:
+        await trio.sleep(60)
+        return factory()
+
+    async with trio.open_nursery() as nursery:
+        server, listener = await start_memory_server(nursery, factory_timeout=100.0, grace=1.0)
+        server.factory = slow
+        got: list[tuple[int, str]] = []
+
+        async def caller() -> None:
+            got.append(await close_reason(listener, "/ws", [hello()]))
+
+        nursery.start_soon(caller)
+        await trio.sleep(0.5)
+        t = trio.current_time()
+        server.shutdown()
+    assert got == [(1001, "server shutting down")]
+    assert trio.current_time() - t == pytest.approx(1.0, abs=1e-3)  # the grace, not the factory's minute
+
+
+@pytest.mark.parametrize("path", ["/ws", "/twilio"])
+async def test_hanging_up_at_once_is_a_normal_close(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, path: str, caplog: pytest.LogCaptureFixture) -> None:
+    class Greeter(Agent):
+        async def on_enter(self) -> None:
+            await self.session.say("Welcome to the line")
+
+    server, listener = await start_memory_server(nursery)
+    server.factory = lambda: (Greeter(), factory()[1])
+    if path == "/ws":
+        messages: list[str] = [hello(), json.dumps({"type": "end"})]
+    else:
+        stop = json.dumps({"event": "stop", "streamSid": "MZ1"})
+        messages = [TWILIO_CONNECTED, twilio_start(), stop]
+    assert await close_reason(listener, path, messages) == (1000, "session ended")
+    assert server.active == 0 and server.refused == {}
+    assert "Traceback" not in caplog.text and "SessionClosed" not in caplog.text
+
+
+DEEP = "[" * 30_000 + "]" * 30_000  # 60 KB: under the 64 KiB limit
+HUGE_INT = '{"type": "mark", "name": ' + "9" * 5_000 + "}"
+
+
+@pytest.mark.parametrize(
+    ("path", "messages", "reason"),
+    [
+        ("/ws", [DEEP], "nested too deep"),
+        ("/ws", [hello(), DEEP], "nested too deep"),
+        ("/ws", [hello(), HUGE_INT], "not usable JSON"),
+        ("/twilio", [DEEP], "nested too deep"),
+        ("/twilio", [twilio_start(), json.dumps({"event": "media", "streamSid": "MZ1", "media": {"payload": "", "timestamp": 1e999}}).replace("Infinity", "1e999")], "timestamp"),
+        ("/twilio", [twilio_start(), '{"event": "media", "streamSid": "MZ1", "media": {"payload": "", "timestamp": -5}}'], "timestamp"),
+    ],
+)
+async def test_json_that_defeats_a_parser_gets_1007(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, path: str, messages: list[str], reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    server, listener = await start_memory_server(nursery)
+    code, why = await close_reason(listener, path, messages)
+    assert code == 1007 and reason in why
+    assert "Traceback" not in caplog.text
+
+
+async def test_control_messages_are_rate_limited(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery)
+    # Ten a second for ten seconds: fine.
+    ws, client = await browser_client(nursery, listener)
+    for _ in range(100):
+        await ws.send_message(json.dumps({"type": "interrupt"}))
+        await trio.sleep(0.1)
+    assert client.closed is None and server.active == 1
+    await ws.aclose()
+    # A flood: closed with 1008 once the burst allowance (40) is spent.
+    interrupts = [json.dumps({"type": "interrupt"})] * 1000
+    assert await close_reason(listener, "/ws", [hello(), *interrupts]) == (1008, "too many control messages (over 20 a second)")
+
+
+async def test_interrupt_clears_only_what_plays(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery)
+    ws, client = await browser_client(nursery, listener)
+    await trio.sleep(0.5)
+    for _ in range(30):  # nothing is playing: no clear goes out, nothing is queued
+        await ws.send_message(json.dumps({"type": "interrupt"}))
+    await trio.sleep(0.5)
+    assert client.of("clear") == []
+    await ws.aclose()
