@@ -14,6 +14,7 @@ from trioagent.audio import read_wav, resample, write_wav
 from trioagent.providers import EnergyVAD, TextDelta, ToolCall
 from trioagent.providers.vad import PreRoll
 from trioagent.providers.espeak import EspeakTTS
+from trioagent.providers import pocketsphinx as pocketsphinx_module
 from trioagent.providers.pocketsphinx import DEMO_GRAMMAR, PocketsphinxSTT
 from trioagent.providers.rule_llm import RuleLLM
 from trioagent.transports import WavFileTransport
@@ -108,11 +109,11 @@ async def test_pocketsphinx_segment_starts_before_the_true_onset(
     get the audio from before the soft start."""
     decoded: list[bytes] = []
 
-    def final(decoder: object, pcm: bytes, live: bool) -> str:
+    def decode(grammar: str | None, pcm: bytes) -> str:
         decoded.append(pcm)
         return "heard"
 
-    monkeypatch.setattr(PocketsphinxSTT, "_final", staticmethod(final))
+    monkeypatch.setattr(pocketsphinx_module, "decode", decode)
     rate = 16000
     t = np.arange(3 * rate) / rate
     signal = np.zeros(len(t))
@@ -121,7 +122,7 @@ async def test_pocketsphinx_segment_starts_before_the_true_onset(
     audio = np.rint(signal * 32767).astype(np.int16)
     events = await run_stt(PocketsphinxSTT(interim_interval=interim, vad=EnergyVAD(min_speech_duration=0.3)), audio)
     assert ("heard", True) in events
-    pcm = np.frombuffer(decoded[0], np.int16)
+    pcm = np.frombuffer(decoded[-1], np.int16)  # the final decode (interims come before it)
     start = round((1.15 - 0.3) * rate)  # the reported onset less the 0.3 s pre-roll
     assert np.array_equal(pcm, audio[start : start + len(pcm)])  # one continuous piece from there
     assert start / rate <= 1.0  # at or before the true (soft) onset

@@ -1,9 +1,16 @@
 """Run blocking, CPU-heavy calls without stalling the event loop.
 
-On the real clock a call goes to a worker thread (`trio.to_thread.run_sync`), so the mixer keeps
-ticking. Under `trio.testing.MockClock` (virtual time) it runs inline: virtual time stands still
-while it computes, which is exactly what a deterministic simulation wants, whereas a thread would
-let an autojump clock race ahead while the work is still under way.
+On the real clock a call goes to a worker thread (`run_blocking`: for libraries that release the
+GIL, such as eSpeak through ctypes) or to a worker process (`run_in_process`: for those that hold
+it, such as PocketSphinx, which holds it for a whole decode and for the half second it takes to
+build a decoder; a thread would stall every session's mixer meanwhile). Worker processes come
+from trio-parallel's pool, started once and reused, so a process-wide cache in a worker (a
+decoder) lasts. Under `trio.testing.MockClock` (virtual time) both run inline: virtual time
+stands still while it computes, which is exactly what a deterministic simulation wants, whereas a
+thread or a process would let an autojump clock race ahead while the work is still under way.
+
+A program that uses `run_in_process` on the real clock must start under ``if __name__ ==
+"__main__":`` (worker processes are spawned, and import the main module).
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from typing import TypeVar
 
 import trio
 import trio.testing
+
+from .errors import ProviderError
 
 T = TypeVar("T")
 
@@ -32,3 +41,25 @@ async def run_blocking(fn: Callable[..., T], *args: object, abandon_on_cancel: b
         await trio.lowlevel.checkpoint()
         return fn(*args)
     return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon_on_cancel)
+
+
+async def run_in_process(fn: Callable[..., T], *args: object) -> T:
+    """Call the module-level function `fn(*args)` in a worker process (inline under a
+    MockClock). Arguments and result are pickled. Cancelling the caller kills that worker (a new
+    one takes its place when next needed). A checkpoint.
+
+    Raises:
+        ProviderError: trio-parallel is not installed, or the worker process died.
+    """
+    if virtual_time():
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+    try:
+        import trio_parallel
+    except ImportError:
+        raise ProviderError("running off the event loop needs trio-parallel: pip install -e '.[local]'") from None
+    try:
+        result: T = await trio_parallel.run_sync(fn, *args, kill_on_cancel=True)
+        return result
+    except trio_parallel.BrokenWorkerError as exc:
+        raise ProviderError(f"a worker process died: {exc}", retryable=True) from None
