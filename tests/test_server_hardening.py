@@ -199,3 +199,52 @@ async def test_interrupt_clears_only_what_plays(autojump_clock: trio.testing.Moc
     await trio.sleep(0.5)
     assert client.of("clear") == []
     await ws.aclose()
+
+
+class HungSTT:
+    """Takes ten frames, then never reads again (a recogniser that hung)."""
+
+    sample_rate = 16000
+
+    async def run(self, audio: Any, events: Any) -> None:
+        async with audio, events:
+            for _ in range(10):
+                await audio.receive()
+            await trio.sleep_forever()
+
+
+async def test_a_hung_stt_ends_that_session_with_1011_and_an_error(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    from trioagent import CascadingPipeline
+    from trioagent.testing import ScriptedLLM, ToneTTS, silence
+
+    server, listener = await start_memory_server(nursery)
+    server.factory = lambda: (Agent(), CascadingPipeline(stt=HungSTT(), llm=ScriptedLLM([]), tts=ToneTTS()))
+    async with trio.open_nursery() as client_side:
+        ws, client = await browser_client(client_side, listener)
+        t = trio.current_time()
+        with pytest.raises(trio_websocket.ConnectionClosed):
+            await client.send_audio(silence(30.0))
+        gone = trio.current_time() - t
+    # 250 frames (5 s) wait for the STT, then 5 s more without it taking any: the session ends.
+    assert 10.0 <= gone <= 10.5
+    assert client.closed is not None and (client.closed.code, client.closed.reason) == (1011, "the agent failed")
+    assert client.of("error") == [{"type": "error", "stage": "stt", "reason": "speech recognition (HungSTT) timed out", "fatal": True}]
+    transport_frames = server.refused
+    assert transport_frames == {"agent_failed": 1}
+
+
+async def test_a_reply_that_fails_tells_the_browser_and_the_call_goes_on(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    from trioagent import CascadingPipeline
+    from trioagent.testing import ScriptedLLM, ScriptedSTT, ToneTTS, silence, speech
+
+    server, listener = await start_memory_server(nursery)
+    server.factory = lambda: (Agent(), CascadingPipeline(stt=ScriptedSTT(["one", "two"]), llm=ScriptedLLM([None, "Second time lucky."]), tts=ToneTTS()))
+    ws, client = await browser_client(nursery, listener)
+    await client.send_audio(speech(1.0) + silence(1.0))  # the LLM never answers this turn
+    await client.send_audio(silence(15.0))
+    assert client.of("error") == [{"type": "error", "stage": "llm", "reason": "the language model (ScriptedLLM) timed out", "fatal": False}]
+    assert client.time_of("error")[0] == pytest.approx(client.time_of("ready")[0] + 1.5 + 15.0, abs=0.05)  # 15 s after the end of turn
+    await client.send_audio(speech(1.0) + silence(2.0))
+    assert [m["text"] for m in client.of("agent_text")] == ["Second time lucky."]
+    assert client.closed is None
+    await ws.aclose()

@@ -388,3 +388,39 @@ async def test_async_close_callbacks_run_to_the_end(autojump_clock: trio.testing
     async with session:
         await trio.sleep(1.0)
     assert saved == [("closed", at(1.5))]
+
+
+class BrokenTTS:
+    """Synthesises the first sentence; raises a plain bug on the second."""
+
+    sample_rate = 24000
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def synthesize(self, text: str) -> Any:
+        from trioagent.testing import ToneTTS
+
+        self.calls += 1
+        if self.calls == 2:
+            raise ValueError("index out of range in the vocoder")
+        async for frame in ToneTTS().synthesize(text):
+            yield frame
+
+
+async def test_provider_failures_and_timeouts_are_error_events(autojump_clock: trio.testing.MockClock) -> None:
+    from trioagent.events import ErrorEvent
+
+    session, transport, _, _ = make_session(transcripts=["one", "two", "three"], script=[None, "Fine. Then broken.", "Works."], pipeline_options={"llm_timeout": 4.0})
+    session.pipeline.tts = BrokenTTS()  # type: ignore[attr-defined]
+    errors: list[tuple[float, ErrorEvent]] = []
+    session.on("error", lambda e: errors.append((trio.current_time(), e)))
+    async with session:
+        await transport.send_user_audio(speech(1.0) + silence(5.0))  # the LLM hangs: fails at 1.5 + 4
+        await transport.send_user_audio(speech(1.0) + silence(3.0))  # the TTS raises on the 2nd sentence
+        await transport.send_user_audio(speech(1.0) + silence(2.0))  # and the session goes on
+    (t1, e1), (t2, e2) = errors
+    assert t1 == at(5.5) and (e1.stage, e1.fatal, e1.reason) == ("llm", False, "the language model (ScriptedLLM) timed out")
+    assert (e2.stage, e2.reason) == ("tts", "speech synthesis (BrokenTTS) failed")
+    assert isinstance(e2.error, ProviderError) and isinstance(e2.error.__cause__, ValueError)
+    assert [m.content for m in session.agent.chat_context.messages if m.role is ChatRole.ASSISTANT][-1] == "Works."

@@ -152,7 +152,8 @@ async def test_bound_method_tool_runs_on_the_instance() -> None:
             """Name."""
             return self.instructions
 
-    result = await Helper(instructions="me").tool("whoami").call("{}")  # type: ignore[union-attr]
+    helper = Helper(instructions="me")
+    result = await helper.tool("whoami").call("{}")  # type: ignore[union-attr]
     assert result.output == "me"
 
 

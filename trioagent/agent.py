@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -74,7 +75,7 @@ class Agent:
         self.chat_context = chat_context if chat_context is not None else ChatContext()
         if instructions and not any(m.role is ChatRole.SYSTEM for m in self.chat_context.messages):
             self.chat_context.items.insert(0, ChatContext().add_message(role=ChatRole.SYSTEM, content=instructions))
-        self._session: AgentSessionAPI | None = None
+        self._session: weakref.ref[AgentSessionAPI] | None = None  # (weak: the session owns the agent)
         self._thinking_background_config: BackgroundAudioHandlerConfig | None = None
         self._tools: list[FunctionTool] = self._collect_tools(tools or ())
 
@@ -110,13 +111,14 @@ class Agent:
         Raises:
             RuntimeError: the agent is not attached to a session yet.
         """
-        if self._session is None:
+        session = self._session() if self._session is not None else None
+        if session is None:
             raise RuntimeError("this agent is not running in an AgentSession")
-        return self._session
+        return session
 
     @session.setter
     def session(self, value: AgentSessionAPI | None) -> None:
-        self._session = value
+        self._session = weakref.ref(value) if value is not None else None
 
     def set_thinking_audio(self, config: BackgroundAudioHandlerConfig) -> None:
         """Audio to play while the agent thinks (between the user's turn and the first word)."""

@@ -6,6 +6,7 @@ import enum
 
 __all__ = [
     "CloseCode",
+    "sole_error",
     "TrioAgentError",
     "AudioFormatError",
     "ProviderError",
@@ -44,12 +45,14 @@ class ProviderError(TrioAgentError):
     Attributes:
         provider: the provider's name, e.g. ``"ScriptedLLM"``.
         retryable: whether the same call may succeed if tried again.
+        stage: which part of the pipeline it was (``"stt"``, ``"llm"``, ``"tts"``), when known.
     """
 
-    def __init__(self, message: str, *, provider: str = "", retryable: bool = False) -> None:
+    def __init__(self, message: str, *, provider: str = "", retryable: bool = False, stage: str | None = None) -> None:
         super().__init__(message)
         self.provider = provider
         self.retryable = retryable
+        self.stage = stage
 
 
 class ProviderTimeout(ProviderError):
@@ -79,3 +82,11 @@ class ProtocolError(TrioAgentError):
 
 class SessionClosed(TrioAgentError):
     """The session was closed; the call cannot proceed."""
+
+
+def sole_error(exc: BaseException) -> BaseException:
+    """The one error inside exception groups of one (what nurseries wrap a task's error in), or
+    `exc` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -12,6 +12,7 @@ import attrs
 import trio
 
 from .chat import ChatItem, FunctionCall, FunctionCallOutput
+from .errors import ProviderError, ProviderTimeout
 
 if TYPE_CHECKING:
     from .scheduler import SpeechSource, UtteranceHandle
@@ -23,6 +24,7 @@ __all__ = [
     "FunctionToolsExecuted",
     "SpeechCreated",
     "CloseEvent",
+    "ErrorEvent",
 ]
 
 
@@ -59,6 +61,26 @@ class SpeechCreated:
 
     handle: UtteranceHandle
     source: SpeechSource
+
+
+@attrs.frozen
+class ErrorEvent:
+    """`error`: something failed. Not `fatal`: one reply failed (an LLM or TTS error or
+    timeout) and the session goes on; `fatal`: the session ends (its STT stream died, say)."""
+
+    error: BaseException
+    stage: str | None
+    """``"stt"``, ``"llm"``, ``"tts"``, or None when it is not known."""
+    fatal: bool
+
+    @property
+    def reason(self) -> str:
+        """One line for a user: what failed, never a provider's own message (it may hold URLs,
+        keys or a server's reply)."""
+        what = {"stt": "speech recognition", "llm": "the language model", "tts": "speech synthesis"}.get(self.stage or "", "the agent")
+        who = f" ({self.error.provider})" if isinstance(self.error, ProviderError) and self.error.provider else ""
+        how = "timed out" if isinstance(self.error, ProviderTimeout) else "failed"
+        return f"{what}{who} {how}"
 
 
 @attrs.frozen

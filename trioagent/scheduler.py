@@ -47,13 +47,14 @@ import enum
 import logging
 import math
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 import trio
 
-from .errors import TrioAgentError
+from .errors import TrioAgentError, sole_error
 
 __all__ = [
     "Job",
@@ -179,7 +180,10 @@ class UtteranceHandle:
         self._state = UtteranceState.QUEUED
         self._scope = trio.CancelScope()
         self._done = trio.Event()
-        self._interrupt_hook: Callable[[UtteranceHandle, bool], object] | None = None
+        # Who can cut it: the scheduler running it (held weakly: a handle kept after its session
+        # has gone must not keep the session alive), or for a tool's say, the reply it is in.
+        self._owner: weakref.ref[SpeechScheduler[Any]] | None = None
+        self._parent: UtteranceHandle | None = None
 
     @classmethod
     def finished(cls, utterance_id: str, *, source: SpeechSource = SpeechSource.REPLY) -> UtteranceHandle:
@@ -204,8 +208,12 @@ class UtteranceHandle:
     def interrupt(self, *, force: bool = False) -> None:
         """Cut the utterance now, if it is interruptible (or `force`). Idempotent; a no-op on a
         finished one. Not a checkpoint."""
-        if self._interrupt_hook is not None:
-            self._interrupt_hook(self, force)
+        if self._parent is not None:
+            self._parent.interrupt(force=force)  # a tool's say is part of its reply
+            return
+        owner = self._owner() if self._owner is not None else None
+        if owner is not None:
+            owner.interrupt(self, force)
 
     async def wait(self) -> None:
         """Wait until done (played out or interrupted). A checkpoint."""
@@ -425,6 +433,8 @@ class SpeechScheduler(Generic[J]):
         on_interrupted: called (sync) for each utterance cut, with whether it was being heard
             (the session clears the transport's queued output then).
         on_finished: called (sync) when an utterance's task has exited.
+        on_failed: called (sync) when an utterance's work raised (logged already); the
+            utterance ends interrupted and the next one starts.
     """
 
     def __init__(
@@ -434,12 +444,14 @@ class SpeechScheduler(Generic[J]):
         on_change: Callable[[], None],
         on_interrupted: Callable[[J, bool], None],
         on_finished: Callable[[J], None],
+        on_failed: Callable[[J, Exception], None],
     ) -> None:
         self.queue = SpeechQueue()
         self._work = work
         self._on_change = on_change
         self._on_interrupted = on_interrupted
         self._on_finished = on_finished
+        self._on_failed = on_failed
         self._jobs: dict[UtteranceHandle, J] = {}
         self._start_send, self._start_receive = trio.open_memory_channel[UtteranceHandle](math.inf)
         self._closed = False
@@ -472,7 +484,7 @@ class SpeechScheduler(Generic[J]):
         if self._closed:
             handle._end(Move.INTERRUPT, "session closed")
             return
-        handle._interrupt_hook = self.interrupt
+        handle._owner = weakref.ref(self)
         self._jobs[handle] = job
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -514,6 +526,14 @@ class SpeechScheduler(Generic[J]):
         self._apply(self.queue.close(), "session closing")
         self._start_send.close()
 
+    def release(self) -> None:
+        """Drop the callbacks into the session (after close), so nothing here keeps it alive."""
+        self._jobs.clear()
+        self.queue.last = None
+        self._work = _nothing_to_do
+        self._on_change = _pass
+        self._on_interrupted = self._on_finished = self._on_failed = _pass
+
     async def wait_idle(self) -> None:
         """Wait until nothing runs or waits. A checkpoint."""
         await self._idle.wait()
@@ -525,7 +545,7 @@ class SpeechScheduler(Generic[J]):
         child = UtteranceHandle(source=SpeechSource.TOOL, interruptible=parent.interruptible)
         child.text = text
         child._move(Move.START)
-        child._interrupt_hook = lambda _, force: self.interrupt(parent, force, "a tool's say() was interrupted")
+        child._parent = parent
         return child
 
     @staticmethod
@@ -550,11 +570,13 @@ class SpeechScheduler(Generic[J]):
             with handle._scope:
                 if not handle.done():
                     await self._work(job)
-        except Exception:
+        except Exception as exc:
             # A provider failed: this utterance ends, the session goes on.
             _log.exception("utterance %s failed", handle.id)
             if not handle.done():
                 self._apply(self.queue.interrupt(handle, force=True), "failed")
+            failure = sole_error(exc)
+            self._on_failed(job, failure if isinstance(failure, Exception) else exc)
         finally:
             _running.reset(token)
             # On any exit, cancellation included: free the slot, then settle the rest.
@@ -583,3 +605,11 @@ class SpeechScheduler(Generic[J]):
         if self.queue.idle:
             self._idle.set()
         self._on_change()
+
+
+async def _nothing_to_do(job: Any) -> None:
+    await trio.lowlevel.checkpoint()
+
+
+def _pass(*args: Any) -> None:
+    pass

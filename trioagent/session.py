@@ -21,8 +21,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -32,8 +33,8 @@ from .audio.frame import AudioFrame
 from .audio.mixer import Mixer, TickClock
 from .audio.player import BackgroundAudioHandlerConfig, BackgroundAudioPlayer
 from .chat import ChatItem, ChatMessage, ChatRole, FunctionCall, FunctionCallOutput
-from .errors import SessionClosed
-from .events import CloseEvent, ConversationItemAdded, EventEmitter, SpeechCreated, UserInputTranscribed
+from .errors import ProviderError, SessionClosed, sole_error
+from .events import CloseEvent, ConversationItemAdded, ErrorEvent, EventEmitter, SpeechCreated, UserInputTranscribed
 from .flow import ConversationFlow
 from .metrics import TurnMetrics
 from .pipeline.base import Pipeline
@@ -74,6 +75,7 @@ class AgentSession(EventEmitter):
         conversation_item_added: `ConversationItemAdded`, every chat item as it is committed.
         function_tools_executed: `FunctionToolsExecuted`, the calls and outputs of one LLM step.
         speech_created: `SpeechCreated`, an utterance entered the queue.
+        error: `ErrorEvent`, a reply failed (the session goes on) or the session failed.
         metrics_collected: `TurnMetrics` of each reply.
         on_speech_in: ``{"text", "start", "end"}`` of each user turn; on_speech_out:
             ``{"text", "utterance_id"}`` when an utterance starts to be heard.
@@ -91,6 +93,7 @@ class AgentSession(EventEmitter):
             "conversation_item_added",
             "function_tools_executed",
             "speech_created",
+            "error",
             "close",
         }
     )
@@ -127,20 +130,25 @@ class AgentSession(EventEmitter):
         self.failure: Exception | None = None
         """What ended the session, if its pipeline failed (a provider's stream died)."""
         agent.session = self  # (mypy checks AgentSession offers all AgentSessionAPI names)
+        # What the session gives its parts reaches it through a weak proxy: nothing it owns
+        # points back at it, so a finished session is freed by reference counting at once
+        # (no cycle for the garbage collector to find later).
+        me = cast(AgentSession, weakref.proxy(self))
         self._scheduler: SpeechScheduler[Utterance] = SpeechScheduler(
-            self._produce,
-            on_change=self._update_states,
-            on_interrupted=self._on_interrupted,
-            on_finished=self._on_finished,
+            lambda utterance: me._produce(utterance),
+            on_change=lambda: me._update_states(),
+            on_interrupted=lambda utterance, audible: me._on_interrupted(utterance, audible),
+            on_finished=lambda utterance: me._on_finished(utterance),
+            on_failed=lambda utterance, exc: me.emit("error", ErrorEvent(exc, _stage(exc), fatal=False)),
         )
         self._outlet = SpeechOutlet(
             scheduler=self._scheduler,
             mixer=self.mixer,
-            chat_context=lambda: self.agent.chat_context,
-            on_first_audio=self._on_first_audio,
-            on_item=self._item_added,
+            chat_context=lambda: me.agent.chat_context,
+            on_first_audio=lambda utterance: me._on_first_audio(utterance),
+            on_item=lambda item: me._item_added(item),
         )
-        self._host = _Host(self)
+        self._host = _Host(me)
         self._agent_state = AgentState.IDLE  # (as in the seed, until started)
         self._user_state = UserState.IDLE
         self._starting = True
@@ -352,10 +360,10 @@ class AgentSession(EventEmitter):
             # A provider's stream failed (an STT that died, say): this session ends cleanly;
             # nothing outside it is touched.
             _log.exception("the pipeline failed; closing the session")
-            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]  # (the one error, not the nurseries it came through)
-            self.failure = exc
-            await self._close("pipeline failed", exc)
+            sole = sole_error(exc)  # (the one error, not the nurseries it came through)
+            self.failure = sole if isinstance(sole, Exception) else exc
+            self.emit("error", ErrorEvent(self.failure, _stage(self.failure) or "stt", fatal=True))
+            await self._close("pipeline failed", self.failure)
             return
         # The input has ended (the caller hung up, the file is over).
         if self.close_on_input_end:
@@ -420,6 +428,15 @@ class AgentSession(EventEmitter):
         # Every session task has ended, so async callbacks of `close` run here (bounded).
         with trio.move_on_after(self.close_grace, shield=True):
             await self.emit_and_wait("close", CloseEvent(reason, error))
+        self._release()
+
+    def _release(self) -> None:
+        """The session is over: let go of what could point back at it (the callbacks users
+        registered, the tracebacks of a failure), so it is freed as soon as nobody holds it."""
+        self._handlers.clear()  # no more events; a callback may well hold the session
+        self.pipeline.attach(None)
+        if self.failure is not None:
+            _drop_tracebacks(self.failure)  # (logged already) its frames hold this session's tasks
 
     def _called_from_inside(self) -> bool:
         """Whether the current task is one of this session's own (a tool, a callback...)."""
@@ -804,6 +821,22 @@ class _Host:
 
     def hand_over(self, agent: Agent) -> None:
         self._session._handoff = agent
+
+
+def _stage(exc: BaseException) -> str | None:
+    return exc.stage if isinstance(exc, ProviderError) else None
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        todo += [e.__cause__, e.__context__, *(e.exceptions if isinstance(e, BaseExceptionGroup) else ())]
 
 
 class _TransportSink(trio.abc.SendChannel[AudioFrame]):

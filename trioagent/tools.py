@@ -17,6 +17,7 @@ import logging
 import re
 import types
 import typing
+import weakref
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -154,7 +155,7 @@ class FunctionTool:
     name: str
     description: str
     parameters: dict[str, Any]
-    _bound_to: Any = None
+    _instance: weakref.ref[Any] | None = None  # for a method: its object (weakly: an agent owns its tools)
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> FunctionTool:
@@ -182,8 +183,17 @@ class FunctionTool:
         return cls(fn, name or fn.__name__, description if description is not None else summary, parameters)
 
     def bind(self, instance: Any) -> FunctionTool:
-        """This tool bound to an instance (for methods decorated in a class body)."""
-        return FunctionTool(self.fn.__get__(instance, type(instance)), self.name, self.description, self.parameters, instance)
+        """This tool bound to an instance (for methods decorated in a class body). The tool
+        holds the instance weakly, so an agent and its tools are no reference cycle."""
+        return FunctionTool(self.fn, self.name, self.description, self.parameters, weakref.ref(instance))
+
+    def _callable(self) -> Callable[..., Any]:
+        if self._instance is None:
+            return self.fn
+        instance = self._instance()
+        if instance is None:
+            raise ToolError(f"{self.name} belongs to an object that no longer exists")
+        return self.fn.__get__(instance, type(instance))  # type: ignore[no-any-return]
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style tool description."""
@@ -224,7 +234,7 @@ class FunctionTool:
         except ToolError as exc:
             return ToolResult(f"error: invalid arguments for {self.name}: {exc}", is_error=True)
         try:
-            value = self.fn(**kwargs)
+            value = self._callable()(**kwargs)
             if inspect.isawaitable(value):
                 value = await value
         except ToolError as exc:

@@ -124,8 +124,9 @@ class Pipeline(Protocol):
 
     allow_interruptions: bool
 
-    def attach(self, host: PipelineHost) -> None:
-        """Called once, before `run`, with the session's side of the contract."""
+    def attach(self, host: PipelineHost | None) -> None:
+        """Called once, before `run`, with the session's side of the contract; and with None
+        once the session is over (let go of it)."""
         ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

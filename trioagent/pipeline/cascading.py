@@ -32,8 +32,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
@@ -42,6 +43,7 @@ from ..agent import Agent
 from ..audio.frame import FRAME_DURATION, AudioFrame
 from ..audio.resample import StreamResampler
 from ..chat import ChatContext, ChatItem, ChatMessage, ChatRole, FunctionCall, FunctionCallOutput
+from ..errors import ProviderError, ProviderTimeout
 from ..events import ConversationItemAdded, FunctionToolsExecuted
 from ..metrics import TurnMetrics
 from ..providers.base import LLM, STT, TTS, VAD, TextDelta, ToolCall, TranscriptEvent, TurnDetector, Usage, VADEvent
@@ -61,9 +63,9 @@ _log = logging.getLogger("trioagent.pipeline")
 # Input arrives a frame at a time: at the barge-in deadline the last frame may still be in
 # flight, so speech that has lasted the minimum duration minus one frame counts as long enough.
 _INPUT_SLACK = FRAME_DURATION
-# Channel sizes, in items: frames for the STT (10 s of 20 ms frames: back-pressure beyond),
-# transcripts, and VAD + transcript events for the controller.
-STT_QUEUE = 500
+# Channel sizes, in items: frames for the STT (5 s of 20 ms frames, as much as a peer may send
+# ahead: back-pressure beyond), transcripts, and VAD + transcript events for the controller.
+STT_QUEUE = 250
 TRANSCRIPT_QUEUE = 100
 EVENT_QUEUE = 1000
 
@@ -123,6 +125,11 @@ class CascadingPipeline:
         max_tool_steps: LLM rounds that may call tools before the LLM must answer in words.
         speak_before_tools: speak the text an LLM step writes before its tool calls while the
             tools run (True), or after they have finished (False).
+        llm_timeout: seconds the LLM may take to its first chunk, and between chunks, before the
+            reply fails with `ProviderTimeout` (None: no bound).
+        tts_timeout: the same for the TTS, for each sentence.
+        stt_stall_timeout: an STT that takes no audio for this long, with 5 s of audio waiting,
+            ends the session (`ProviderTimeout`).
     """
 
     stt: STT
@@ -136,6 +143,9 @@ class CascadingPipeline:
     false_interruption_timeout: float | None = 2.0
     max_tool_steps: int = 3
     speak_before_tools: bool = True
+    llm_timeout: float | None = 15.0
+    tts_timeout: float | None = 10.0
+    stt_stall_timeout: float = 5.0
     _host: PipelineHost | None = attrs.field(init=False, default=None)
     _turn: _TurnState = attrs.field(init=False, factory=_TurnState)
     _eou_deadline: float = attrs.field(init=False, default=math.inf)
@@ -151,7 +161,7 @@ class CascadingPipeline:
             self.turn_detector = SilenceTurnDetector()
 
     # -- wiring ------------------------------------------------------------------------------
-    def attach(self, host: PipelineHost) -> None:
+    def attach(self, host: PipelineHost | None) -> None:
         self._host = host
 
     @property
@@ -205,7 +215,13 @@ class CascadingPipeline:
                 try:
                     stt_send.send_nowait(stt_frame)  # the common case: no task switch per frame
                 except trio.WouldBlock:
-                    await stt_send.send(stt_frame)  # the STT is behind: back-pressure
+                    # The STT is 5 s behind: back-pressure, but an STT that takes nothing for
+                    # `stt_stall_timeout` more is hung, and the session ends (1011 on a server).
+                    with trio.move_on_after(self.stt_stall_timeout) as waited:
+                        await stt_send.send(stt_frame)
+                    if waited.cancelled_caught:
+                        name = type(self.stt).__name__
+                        raise ProviderTimeout(f"{name} took no audio for {self.stt_stall_timeout:g} s", provider=name, stage="stt")
 
     async def _forward_transcripts(
         self,
@@ -472,13 +488,18 @@ class CascadingPipeline:
             calls: list[ToolCall] = []
             if utterance.metrics.llm_started_at is None:
                 utterance.note(llm_started_at=trio.current_time())
-            stream = flow.run_llm(self.llm, context, tools) if flow is not None else self.llm.chat(context, tools)
+            stream = _bounded(
+                flow.run_llm(self.llm, context, tools) if flow is not None else self.llm.chat(context, tools),
+                self.llm_timeout,
+                "llm",
+                type(self.llm).__name__,
+            )
 
             def speak(pieces: list[_Piece]) -> None:
                 for piece in pieces:
                     (sentences.send_nowait if self.speak_before_tools else held.append)(piece)
 
-            async with aclosing(stream) as chunks:  # type: ignore[type-var]
+            async with aclosing(stream) as chunks:
                 async for chunk in chunks:
                     if isinstance(chunk, TextDelta):
                         if utterance.metrics.llm_first_token_at is None:
@@ -560,7 +581,7 @@ class CascadingPipeline:
                 if utterance.metrics.tts_started_at is None:
                     utterance.note(tts_started_at=trio.current_time())
                 duration = 0.0
-                async with aclosing(self.tts.synthesize(piece.text)) as frames:  # type: ignore[type-var]
+                async with aclosing(_bounded(self.tts.synthesize(piece.text), self.tts_timeout, "tts", type(self.tts).__name__)) as frames:
                     async for frame in frames:
                         if utterance.metrics.tts_first_byte_at is None:
                             utterance.note(tts_first_byte_at=trio.current_time())
@@ -573,3 +594,37 @@ class CascadingPipeline:
         await utterance.wait_played_out()
 
 
+
+
+T = TypeVar("T")
+
+
+async def _bounded(stream: AsyncIterator[T], timeout: float | None, stage: str, provider: str) -> AsyncGenerator[T, None]:
+    """`stream`, where each item must come within `timeout` seconds, and any failure of the
+    provider is a `ProviderError` naming its `stage`.
+
+    Raises:
+        ProviderTimeout: an item took longer.
+        ProviderError: the provider raised (its own error, tagged; anything else, wrapped).
+    """
+    iterator = aiter(stream)
+    try:
+        while True:
+            try:
+                with trio.fail_after(timeout if timeout is not None else math.inf):
+                    item = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except trio.TooSlowError:
+                raise ProviderTimeout(f"{provider} gave nothing for {timeout:g} s", provider=provider, stage=stage) from None
+            except ProviderError as exc:
+                exc.stage = exc.stage or stage
+                raise
+            except Exception as exc:
+                raise ProviderError(f"{provider} failed: {type(exc).__name__}", provider=provider, stage=stage) from exc
+            yield item
+    finally:
+        # (An async generator, as providers write them, has aclose(): release its connection.)
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()

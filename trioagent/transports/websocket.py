@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,7 +59,7 @@ class _WebSocketTransport:
     ) -> None:
         self.ws = ws
         self.max_ahead = max_ahead  # seconds of audio a peer may send ahead of real time (bursts)
-        self.session: AgentSessionAPI | None = None
+        self._session: weakref.ref[AgentSessionAPI] | None = None  # (weak: the session owns the transport)
         self.max_frame_duration = max_frame_duration
         self._in_send, self._in_receive = trio.open_memory_channel[AudioFrame](INPUT_QUEUE)
         self._audio: collections.deque[str | bytes] = collections.deque()  # audio and marks, in order
@@ -89,6 +90,11 @@ class _WebSocketTransport:
     @property
     def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
         return self._in_receive
+
+    @property
+    def session(self) -> AgentSessionAPI | None:
+        """The session this transport reports to (`attach`), while it exists."""
+        return self._session() if self._session is not None else None
 
     async def _send_audio_message(self, message: str | bytes) -> None:
         if self._closed:
@@ -262,12 +268,13 @@ class BrowserTransport(_WebSocketTransport):
 
     def attach(self, session: AgentSessionAPI) -> None:
         """Forward the session's events to the page."""
-        self.session = session
+        self._session = weakref.ref(session)
         session.on("agent_state_changed", lambda d: self.send_control(bp.message("agent_state", state=d["state"])))
         session.on("user_state_changed", lambda d: self.send_control(bp.message("user_state", state=d["state"])))
         session.on("on_speech_in", lambda d: self.send_control(bp.message("transcript", text=d["text"], final=True)))
         session.on("on_speech_out", lambda d: self.send_control(bp.message("agent_text", text=d["text"])))
         session.on("metrics_collected", lambda m: self.send_control(bp.message("metrics", **m.as_dict())))
+        session.on("error", lambda e: self.send_control(bp.message("error", stage=e.stage, reason=e.reason, fatal=e.fatal)))
 
     def _audio_message(self, frame: AudioFrame) -> bytes:
         return frame.to_pcm16()
@@ -289,10 +296,10 @@ class BrowserTransport(_WebSocketTransport):
         control = bp.parse_control(message)
         if control.type == "mark":
             self._on_mark(control.name)
-        elif self.session is None:
+        elif (session := self.session) is None:
             return
         elif control.type == "interrupt":
-            self.session.interrupt()
+            session.interrupt()
         else:
             self.hung_up = True
             self._in_send.close()
