@@ -154,7 +154,7 @@ class _Refuse(importlib.abc.MetaPathFinder):
 
 async def test_clear_errors_without_sounddevice_or_portaudio(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sounddevice", None)
-    with pytest.raises(TransportError, match=r"needs sounddevice: pip install 'trioagent\[console\]'"):
+    with pytest.raises(TransportError, match=r"needs sounddevice: pip install -e '\.\[console\]'"):
         LocalAudioTransport()
     monkeypatch.delitem(sys.modules, "sounddevice")
     monkeypatch.setattr(sys, "meta_path", [_Refuse(), *sys.meta_path])
@@ -164,8 +164,10 @@ async def test_clear_errors_without_sounddevice_or_portaudio(monkeypatch: pytest
 
 def test_console_without_portaudio(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "sounddevice", None)
-    assert main(["console", "tests.netkit:factory"]) == 1
-    assert "trioagent console: LocalAudioTransport needs sounddevice" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["console", "tests.netkit:factory"])
+    assert exited.value.code == 2
+    assert "trioagent console: error: LocalAudioTransport needs sounddevice" in capsys.readouterr().err
 
 
 def test_import_trioagent_does_not_need_portaudio() -> None:

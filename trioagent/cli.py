@@ -1,144 +1,325 @@
-"""The `trioagent` command line: ``demo``, ``serve``, ``console``, ``token``."""
+"""The `trioagent` command line: ``demo``, ``serve``, ``console``, ``token``.
+
+Every mistake a user can make on the command line (a factory that cannot be imported or called, a
+port that is taken or out of range, a host that does not resolve, no sound card) is one line on
+standard error saying what is wrong and what to do, and exit status 2, found before anything
+starts. Ctrl-C stops cleanly: one line, exit status 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import inspect
 import os
 import signal
+import socket
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import trio
 
+from . import __version__
+
 __all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
+class UsageError(Exception):
+    """A mistake on the command line: one line for the user, exit status 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trioagent", description="Real-time voice agents on trio.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="a spoken conversation, offline, written to a stereo WAV")
-    demo.add_argument("--fast", action="store_true", help="run in virtual time (seconds instead of a minute)")
-    demo.add_argument("--out", default="trioagent-demo.wav", help="the conversation: caller left, agent right")
-    demo.add_argument("--llm", choices=["rule", "openai"], default="rule", help="the offline RuleLLM, or an OpenAI-compatible server")
-    demo.add_argument("--base-url", default=None, help="OpenAI-compatible server (default $OPENAI_BASE_URL)")
-    demo.add_argument("--model", default=None, help="model name (default $OPENAI_MODEL)")
-    srv = commands.add_parser("serve", help="serve an agent to browsers (/ws, page at /) and Twilio (/twilio)")
-    srv.add_argument("factory", help="module:callable returning (agent, pipeline) for each session")
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8765)
-    srv.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default $TRIOAGENT_SECRET)")
-    srv.add_argument("--insecure", action="store_true", help="accept sessions without a token (development only)")
-    srv.add_argument("--origin", action="append", help="allowed browser Origin (repeat; default any)")
-    srv.add_argument("--max-sessions", type=int, default=200)
-    srv.add_argument("--grace", type=float, default=10.0, help="seconds running sessions get on SIGTERM")
-    con = commands.add_parser("console", help="talk to an agent with this computer's microphone and speakers")
-    con.add_argument("factory", help="module:callable returning (agent, pipeline)")
-    con.add_argument("--input-device", default=None, help="PortAudio input device (name or index)")
-    con.add_argument("--output-device", default=None, help="PortAudio output device (name or index)")
-    tok = commands.add_parser("token", help="mint a session token")
-    tok.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default $TRIOAGENT_SECRET)")
-    tok.add_argument("--ttl", type=float, default=3600.0, help="seconds the token is valid")
-    tok.add_argument("--subject", default="")
+    parser, commands = _parser()
     args = parser.parse_args(argv)
-
-    if args.command == "token":
-        from .auth import mint_token
-
-        if not args.secret:
-            parser.error("a secret is needed: --secret or $TRIOAGENT_SECRET")
-        print(mint_token(args.secret, ttl=args.ttl, subject=args.subject))
-        return 0
-    if args.command == "console":
-        from .errors import TransportError
-
-        try:
-            trio.run(_console, args)
-        except TransportError as exc:
-            print(f"trioagent console: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    if args.command == "serve":
-        if not args.secret and not args.insecure:
-            parser.error("a secret is needed (--secret or $TRIOAGENT_SECRET), or --insecure for development")
-        trio.run(_serve, args)
-        return 0
-
-    if args.command == "demo":
-        from .demo import run
-        from .providers.base import LLM
-
-        llm: LLM | None = None
-        if args.llm == "openai":
-            from .providers.openai_llm import OpenAILLM
-
-            llm = OpenAILLM(base_url=args.base_url, model=args.model)
-        print(f"trioagent demo: {'virtual time' if args.fast else 'real time'}, LLM: {args.llm}")
-        turns = run(args.fast, args.out, llm)
-        heard = sum(1 for t in turns if t.heard)
-        print(f"\n{heard}/{len(turns)} questions answered; conversation written to {args.out} (caller left, agent right)")
-        return 0 if heard else 1
-    return 2
+    command: argparse.ArgumentParser = commands[args.command]
+    try:
+        result: int = args.handler(args)
+        return result
+    except UsageError as exc:
+        _fail(command, str(exc))
+    except KeyboardInterrupt:
+        print(f"trioagent {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:
+        # Ctrl-C inside trio comes out wrapped in the groups of the nurseries it went through.
+        interrupt, rest = group.split(KeyboardInterrupt)
+        if interrupt is None or rest is not None:
+            raise
+        print(f"trioagent {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
-def load_factory(spec: str) -> Any:
-    """``"package.module:callable"`` -> the callable."""
+def _fail(command: argparse.ArgumentParser, message: str) -> NoReturn:
+    """One line (and the subcommand's usage), exit status 2."""
+    command.print_usage(sys.stderr)
+    print(f"{command.prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535; 0 picks a free one)")
+    return port
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+    return value
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="trioagent", description="Real-time voice agents on trio.", formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"trioagent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,serve,console,token}")
+    commands: dict[str, argparse.ArgumentParser] = {}
+
+    demo = sub.add_parser(
+        "demo",
+        help="a spoken conversation, offline, written to a stereo WAV",
+        description="Run a spoken conversation with the offline demo agent (eSpeak NG speaks both sides, PocketSphinx "
+        "listens) and write it to a WAV file, caller left and agent right. Needs: pip install -e '.[local]'.",
+        formatter_class=fmt,
+    )
+    demo.add_argument("--fast", action="store_true", help="run in virtual time: seconds instead of a minute (latencies are then virtual)")
+    demo.add_argument("--out", default="trioagent-demo.wav", help="where to write the conversation")
+    demo.add_argument("--llm", choices=["rule", "openai"], default="rule", help="the offline RuleLLM, or an OpenAI-compatible server (needs '.[openai]')")
+    demo.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: $OPENAI_BASE_URL, else OpenAI)")
+    demo.add_argument("--model", default=None, help="model name (default: $OPENAI_MODEL, else gpt-4o-mini)")
+    demo.set_defaults(handler=_demo)
+    commands["demo"] = demo
+
+    srv = sub.add_parser(
+        "serve",
+        help="serve an agent to browsers (/ws, page at /) and Twilio (/twilio)",
+        description="Serve one agent session per connection: a web page at /, the browser protocol on /ws, Twilio "
+        "Media Streams on /twilio (docs/protocol.md). FACTORY is module:callable returning (agent, pipeline); it "
+        "is called once at start-up to check it works. SIGTERM drains (stop accepting, --grace, then close); "
+        "Ctrl-C does the same and exits 130.",
+        formatter_class=fmt,
+    )
+    srv.add_argument("factory", help="module:callable returning (agent, pipeline), e.g. trioagent.demo:agent_factory")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    srv.add_argument("--port", type=_port, default=8765, help="port to listen on (0: any free port)")
+    srv.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default: $TRIOAGENT_SECRET)")
+    srv.add_argument("--insecure", action="store_true", help="accept sessions without a token (development only)")
+    srv.add_argument("--origin", action="append", help="allowed browser Origin (repeat; default: any)")
+    srv.add_argument("--max-sessions", type=int, default=200, help="sessions at once; more get close 1013")
+    srv.add_argument("--grace", type=_positive, default=10.0, help="seconds running sessions get on SIGTERM")
+    srv.add_argument("--factory-timeout", type=_positive, default=10.0, help="seconds the factory may take for a session (then close 1011)")
+    srv.set_defaults(handler=_serve)
+    commands["serve"] = srv
+
+    con = sub.add_parser(
+        "console",
+        help="talk to an agent with this computer's microphone and speakers",
+        description="Run one session on this computer's sound card. Needs: pip install -e '.[console]' and PortAudio "
+        "(Debian/Ubuntu: apt install libportaudio2).",
+        formatter_class=fmt,
+    )
+    con.add_argument("factory", nargs="?", help="module:callable returning (agent, pipeline), e.g. trioagent.demo:agent_factory")
+    con.add_argument("--input-device", default=None, help="PortAudio input device, name or index (default: the system's)")
+    con.add_argument("--output-device", default=None, help="PortAudio output device, name or index (default: the system's)")
+    con.add_argument("--list-devices", action="store_true", help="list the sound devices PortAudio sees, and exit")
+    con.set_defaults(handler=_console_command)
+    commands["console"] = con
+
+    tok = sub.add_parser(
+        "token",
+        help="mint a session token",
+        description="Print a session token for `serve --secret` (docs/protocol.md, Tokens).",
+        formatter_class=fmt,
+    )
+    tok.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default: $TRIOAGENT_SECRET)")
+    tok.add_argument("--ttl", type=_positive, default=3600.0, help="seconds the token is valid")
+    tok.add_argument("--subject", default="", help="who the token is for (its 'sub')")
+    tok.set_defaults(handler=_token)
+    commands["token"] = tok
+    return parser, commands
+
+
+# -- token --------------------------------------------------------------------------------------
+def _token(args: argparse.Namespace) -> int:
+    from .auth import mint_token
+
+    if not args.secret:
+        raise UsageError("a secret is needed: --secret or $TRIOAGENT_SECRET")
+    print(mint_token(args.secret, ttl=args.ttl, subject=args.subject))
+    return 0
+
+
+# -- the factory ------------------------------------------------------------------------------------
+def load_factory(spec: str) -> Callable[[], Any]:
+    """``"package.module:callable"`` -> the callable (modules are found from the working
+    directory too).
+
+    Raises:
+        UsageError: the spec is malformed, the module cannot be imported, the attribute is
+            missing or not callable.
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise SystemExit(f"trioagent serve: expected module:callable, got {spec!r}")
-    sys.path.insert(0, os.getcwd())
-    return getattr(importlib.import_module(module_name), attr)
+        raise UsageError(f"expected module:callable (e.g. trioagent.demo:agent_factory), got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise UsageError(f"no module named {module_name!r} (run from the directory that holds it, or install it)") from None
+        raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    found = getattr(module, attr, None)
+    if found is None:
+        raise UsageError(f"module {module_name!r} has no {attr!r}")
+    if not callable(found):
+        raise UsageError(f"{spec} is not callable (it is a {type(found).__name__}); it must return (agent, pipeline)")
+    factory: Callable[[], Any] = found
+    return factory
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def check_factory(factory: Callable[[], Any], spec: str, timeout: float) -> None:
+    """Call the factory once, as a session would, and check what it returns.
+
+    Raises:
+        UsageError: it raised, did not return within `timeout`, or did not give (agent, pipeline).
+    """
+    from .agent import Agent
+    from .pipeline.base import Pipeline
+
+    with trio.move_on_after(timeout) as waited:
+        try:
+            made = factory()
+            made = await made if inspect.isawaitable(made) else made
+        except Exception as exc:
+            raise UsageError(f"{spec} raised {type(exc).__name__}: {exc}") from None
+    if waited.cancelled_caught:
+        raise UsageError(f"{spec} did not return within {timeout:g} s")
+    if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], Agent) and isinstance(made[1], Pipeline)):
+        raise UsageError(f"{spec} must return (agent, pipeline), got {type(made).__name__}")
+
+
+# -- serve ---------------------------------------------------------------------------------------
+def _serve(args: argparse.Namespace) -> int:
+    if not args.secret and not args.insecure:
+        raise UsageError("a secret is needed (--secret or $TRIOAGENT_SECRET), or --insecure for development")
+    factory = load_factory(args.factory)
+    return trio.run(_serve_async, args, factory)
+
+
+async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> int:
     from .server import Server, serve
 
-    factory = load_factory(args.factory)
+    await check_factory(factory, args.factory, args.factory_timeout)
+    try:
+        # Resolve and bind before anything else: a bad address is a usage error, found now.
+        listeners = await trio.open_tcp_listeners(args.port, host=args.host)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot resolve host {args.host!r} ({exc.strerror}); use an address or a name this machine knows") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {args.port} on {args.host} is in use; pick another with --port (0: any free port)") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise UsageError(f"not allowed to listen on port {args.port} (ports below 1024 need privileges); pick another with --port") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"{args.host} is not an address of this machine; use one (e.g. 127.0.0.1 or 0.0.0.0)") from None
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    port = listeners[0].socket.getsockname()[1]
+    signalled: list[int] = []
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(
-            lambda task_status: serve(
+
+        async def serve_until_drained(task_status: trio.TaskStatus[Server]) -> None:
+            await serve(
                 factory,
                 args.host,
-                args.port,
+                port,
                 secret=args.secret,
                 allowed_origins=set(args.origin) if args.origin else None,
                 max_sessions=args.max_sessions,
                 grace=args.grace,
+                factory_timeout=args.factory_timeout,
+                listeners=listeners,
                 task_status=task_status,
             )
-        )
-        print(f"trioagent: serving on http://{args.host}:{server.port}/ (browser page), /ws, /twilio", flush=True)
+            nursery.cancel_scope.cancel()  # drained: stop waiting for signals
+
+        server: Server = await nursery.start(serve_until_drained)
+        print(f"trioagent: serving on http://{args.host}:{port}/ (browser page), /ws, /twilio", flush=True)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                print(f"trioagent: {signal.Signals(signum).name}: draining for up to {args.grace:.0f} s", flush=True)
+                if signalled:
+                    raise KeyboardInterrupt  # a second signal: stop now
+                signalled.append(signum)
+                print(f"trioagent: {signal.Signals(signum).name}: draining for up to {args.grace:g} s", flush=True)
                 server.shutdown()
-                break
+    if signalled == [signal.SIGINT]:
+        print("trioagent serve: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
 
 
+# -- console -------------------------------------------------------------------------------------
 def _device(spec: str | None) -> int | str | None:
     return int(spec) if spec is not None and spec.isdigit() else spec
 
 
-async def _console(args: argparse.Namespace, out: Any = None) -> None:
-    """Run one session on the sound card, printing what is said, until Ctrl-C or SIGTERM."""
-    import inspect
+def _console_command(args: argparse.Namespace) -> int:
+    from .errors import TransportError
+    from .transports.local import load_sounddevice
 
+    try:
+        sd = load_sounddevice()
+    except TransportError as exc:
+        raise UsageError(str(exc)) from None
+    if args.list_devices:
+        print(sd.query_devices())
+        return 0
+    if not args.factory:
+        raise UsageError("which agent? give module:callable, e.g. trioagent.demo:agent_factory")
+    try:
+        sd.check_input_settings(device=_device(args.input_device), samplerate=16000, channels=1, dtype="int16")
+        sd.check_output_settings(device=_device(args.output_device), samplerate=24000, channels=1, dtype="int16")
+    except Exception as exc:  # PortAudioError or ValueError: no such device, or none at all
+        raise UsageError(f"no usable sound device ({exc}); see `trioagent console --list-devices`") from None
+    factory = load_factory(args.factory)
+    return trio.run(_console, args, factory)
+
+
+async def _console(args: argparse.Namespace, factory: Callable[[], Any], out: Any = None) -> int:
+    """Run one session on the sound card, printing what is said, until Ctrl-C or SIGTERM."""
     from .session import AgentSession
     from .transports.local import LocalAudioTransport
 
     out = out or sys.stdout
-    made = load_factory(args.factory)()
+    made = factory()
     agent, pipeline = await made if inspect.isawaitable(made) else made
     transport = LocalAudioTransport(input_device=_device(args.input_device), output_device=_device(args.output_device))
     session = AgentSession(agent, pipeline, transport=transport)
     session.on("on_speech_in", lambda d: print(f"you   : {d['text']}", file=out, flush=True))
     session.on("on_speech_out", lambda d: print(f"agent : {d['text']}", file=out, flush=True))
     print("trioagent: listening (Ctrl-C to stop)", file=out, flush=True)
+    stopped_by: list[int] = []
     async with trio.open_nursery() as nursery:
 
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
+                async for signum in signals:
+                    stopped_by.append(signum)
                     await session.close()
                     return
 
@@ -148,6 +329,44 @@ async def _console(args: argparse.Namespace, out: Any = None) -> None:
         finally:
             await transport.aclose()
         nursery.cancel_scope.cancel()
+    if stopped_by == [signal.SIGINT]:
+        print("trioagent console: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------------
+def _demo(args: argparse.Namespace) -> int:
+    from .providers.base import LLM
+
+    directory = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write {args.out}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"cannot write {args.out}: {directory} is not writable")
+    try:
+        from .demo import run
+    except ImportError as exc:
+        raise UsageError(f"the demo needs the offline providers ({exc}): pip install -e '.[local]'") from None
+    llm: LLM | None = None
+    if args.llm == "openai":
+        try:
+            import httpx  # noqa: F401
+        except ImportError:
+            raise UsageError("--llm openai needs httpx: pip install -e '.[openai]'") from None
+        from .providers.openai_llm import OpenAILLM
+
+        llm = OpenAILLM(base_url=args.base_url, model=args.model)
+    print(f"trioagent demo: {'virtual time (--fast): latencies are virtual' if args.fast else 'real time'}, LLM: {args.llm}")
+    turns = run(args.fast, args.out, llm)
+    answered = sum(1 for t in turns if t.answered and not t.failed)
+    failed = sum(1 for t in turns if t.failed)
+    print(
+        f"\n{answered}/{len(turns)} questions answered"
+        + (f", {failed} failed (see above)" if failed else "")
+        + f"; conversation written to {args.out} (caller left, agent right)"
+    )
+    return 0 if answered == len(turns) else 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import os
 import sys
 import tempfile
 import zlib
-from collections.abc import Callable
 from typing import Any, TextIO
 
 import attrs
@@ -24,6 +23,7 @@ from .agent import Agent
 from .audio.codec import write_wav
 from .audio.frame import AudioFrame
 from .audio.resample import resample
+from .events import ErrorEvent
 from .metrics import TurnMetrics
 from .pipeline.cascading import CascadingPipeline
 from .providers.base import LLM
@@ -75,6 +75,9 @@ class DemoTurn:
     said_at: tuple[float, float]
     heard: str = ""
     answered: str = ""
+    """What the agent said in answer (as heard: cut short if interrupted)."""
+    failed: str = ""
+    """Why answering failed (an LLM or TTS error), if it did."""
     metrics: TurnMetrics | None = None
 
 
@@ -106,14 +109,42 @@ def _fmt(x: float | None) -> str:
     return "  -  " if x is None else f"{x * 1000:4.0f}ms"
 
 
+class _Console:
+    """Lines on `out`, and (on a terminal) a progress line on stderr that each line clears first."""
+
+    def __init__(self, out: TextIO, progress: bool) -> None:
+        self.out = out
+        self.progress_shown = progress
+
+    def line(self, text: str) -> None:
+        if self.progress_shown:
+            print("\r" + " " * 30 + "\r", end="", file=sys.stderr, flush=True)
+        print(text, file=self.out, flush=True)
+
+    def progress(self, t: float, total: float) -> None:
+        if self.progress_shown:
+            print(f"\r  {t:5.1f} s / {total:.1f} s", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.progress_shown:
+            print("\r" + " " * 30 + "\r", end="", file=sys.stderr, flush=True)
+
+
 async def run_demo(
     output_path: str,
     *,
     llm: LLM | None = None,
     out: TextIO = sys.stdout,
-    progress: Callable[[float, float], None] | None = None,
+    progress: bool = False,
+    virtual: bool = False,
 ) -> list[DemoTurn]:
-    """Run the whole demo conversation; returns the turns (also printed to `out`)."""
+    """Run the whole demo conversation; returns the turns (also printed to `out`).
+
+    Args:
+        progress: show a progress line on stderr (a terminal), cleared before each printed line.
+        virtual: say that the latencies printed are virtual (the run is under a MockClock).
+    """
+    console = _Console(out, progress)
     with tempfile.TemporaryDirectory() as tmp:
         caller_path = os.path.join(tmp, "caller.wav")
         turns = await make_caller_audio(caller_path)
@@ -121,6 +152,7 @@ async def run_demo(
         pipeline = CascadingPipeline(stt=PocketsphinxSTT(grammar=DEMO_GRAMMAR), llm=llm or RuleLLM(), tts=EspeakTTS())
         session = AgentSession(DemoAgent(), pipeline, transport=transport)
         t0 = trio.current_time()
+        clock = " (virtual time)" if virtual else ""
 
         def turn_for(start: float | None) -> DemoTurn | None:
             if start is None:
@@ -128,48 +160,47 @@ async def run_demo(
             rel = start - t0
             return min(turns, key=lambda turn: abs(turn.said_at[0] - rel))
 
+        def on_error(event: ErrorEvent) -> None:
+            # The turn being answered is the latest one the caller has finished saying.
+            now = trio.current_time() - t0
+            said = [t for t in turns if t.said_at[1] <= now]
+            if said:
+                said[-1].failed = event.reason
+            console.line(f"error       : {event.reason}")
+
         def on_metrics(m: TurnMetrics) -> None:
             turn = turn_for(m.user_speech_start)
             if turn is None or m.user_speech_start is None:
-                print(f"agent : {m.agent_text}", file=out)
+                console.line(f"agent : {m.agent_text}")
                 return
             turn.heard, turn.answered, turn.metrics = m.user_text, m.agent_text, m
-            print(f"\ncaller said : {turn.said}", file=out)
-            print(f"STT heard   : {m.user_text}", file=out)
-            print(f"agent said  : {m.agent_text}{'  [interrupted]' if m.interrupted else ''}", file=out)
-            print(
-                f"latency     : end-of-turn {_fmt(m.end_of_utterance_delay)}, STT final {_fmt(m.stt_final_latency)}, "
+            console.line(f"\ncaller said : {turn.said}")
+            console.line(f"STT heard   : {m.user_text}")
+            console.line(f"agent said  : {m.agent_text}{'  [interrupted]' if m.interrupted else ''}{'  [nothing: ' + turn.failed + ']' if turn.failed and not m.agent_text else ''}")
+            console.line(
+                f"latency{clock}: end-of-turn {_fmt(m.end_of_utterance_delay)}, STT final {_fmt(m.stt_final_latency)}, "
                 f"LLM first token {_fmt(m.llm_ttft)}, TTS first audio {_fmt(m.tts_ttfb)}, "
-                f"end-to-end {_fmt(m.e2e_latency)}, tools {m.tool_calls}",
-                file=out,
+                f"end-to-end {_fmt(m.e2e_latency)}, tools {m.tool_calls}"
             )
 
         session.on("metrics_collected", on_metrics)
-        session.on("on_speech_out", lambda d: print(f"agent : {d['text']}", file=out) if d["text"] == GREETING else None)
+        session.on("error", on_error)
+        session.on("on_speech_out", lambda d: console.line(f"agent : {d['text']}") if d["text"] == GREETING else None)
         async with trio.open_nursery() as nursery:
-            if progress is not None:
 
-                async def report() -> None:
-                    while True:
-                        progress(trio.current_time() - t0, transport.duration)
-                        await trio.sleep(0.5)
+            async def report() -> None:
+                while True:
+                    console.progress(trio.current_time() - t0, transport.duration)
+                    await trio.sleep(0.5)
 
-                nursery.start_soon(report)
+            nursery.start_soon(report)
             await session.run()
             nursery.cancel_scope.cancel()
+        console.done()
         return turns
 
 
 def run(fast: bool, output_path: str, llm: LLM | None, out: TextIO = sys.stdout) -> list[DemoTurn]:
     """Run the demo in real time, or in virtual time with `fast`."""
-    tty = sys.stderr.isatty()
-
-    def progress(t: float, total: float) -> None:
-        if tty:
-            print(f"\r  {t:5.1f} s / {total:.1f} s", end="", file=sys.stderr, flush=True)
-
     clock = trio.testing.MockClock(autojump_threshold=0) if fast else None
-    turns = trio.run(lambda: run_demo(output_path, llm=llm, out=out, progress=progress), clock=clock)
-    if tty:
-        print("\r" + " " * 30 + "\r", end="", file=sys.stderr)
-    return turns
+    return trio.run(lambda: run_demo(output_path, llm=llm, out=out, progress=sys.stderr.isatty(), virtual=fast), clock=clock)

@@ -17,7 +17,7 @@ import binascii
 import errno
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -146,7 +146,7 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        listeners: list[trio.abc.Listener[Any]] | None = None,
+        listeners: Sequence[trio.abc.Listener[Any]] | None = None,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until `shutdown()` (then drain) or until cancelled.
@@ -494,6 +494,7 @@ async def serve(
     grace: float = 10.0,
     factory_timeout: float = 10.0,
     on_session: Callable[[AgentSession], None] | None = None,
+    listeners: Sequence[trio.abc.Listener[Any]] | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve agents over WebSocket until cancelled or until `Server.shutdown()`.
@@ -511,6 +512,7 @@ async def serve(
             with 1011.
         on_session: called with each new `AgentSession` before it starts (to subscribe to
             its events, count, log).
+        listeners: serve these (already bound) instead of listening on host and port.
     """
     server = Server(
         factory,
@@ -522,6 +524,8 @@ async def serve(
         factory_timeout=factory_timeout,
         on_session=on_session,
     )
+    if listeners is not None:
+        server.port = port
     async with trio.open_nursery() as nursery:
-        await nursery.start(server.run, host, port)
+        await nursery.start(lambda task_status: server.run(host, port, listeners=listeners, task_status=task_status))
         task_status.started(server)

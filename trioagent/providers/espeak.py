@@ -41,7 +41,7 @@ def _library() -> tuple[Any, int]:
             import espeakng_loader
         except ImportError:
             raise ProviderError(
-                "EspeakTTS needs the espeakng-loader wheel: pip install 'trioagent[local]'", provider="EspeakTTS"
+                "EspeakTTS needs the espeakng-loader wheel: pip install -e '.[local]' (from a clone of trioagent)", provider="EspeakTTS"
             ) from None
         lib = ctypes.cdll.LoadLibrary(str(espeakng_loader.get_library_path()))
         lib.espeak_Initialize.restype = ctypes.c_int

