@@ -35,8 +35,10 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser, commands = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     command: argparse.ArgumentParser = commands[args.command]
+    if extra:
+        command.error(f"unrecognized arguments: {' '.join(extra)}")  # with this subcommand's usage
     try:
         result: int = args.handler(args)
         return result
@@ -81,8 +83,17 @@ def _positive(text: str) -> float:
     return value
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where there is one to show (not None, not a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Help
     parser = argparse.ArgumentParser(prog="trioagent", description="Real-time voice agents on trio.", formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"trioagent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,serve,console,token}")

@@ -1,0 +1,111 @@
+"""The `trioagent` command as a user runs it: the installed entry point in a subprocess. Every
+mistake is one line and exit status 2, found before anything starts; Ctrl-C is one line and 130."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import trioagent
+
+TRIOAGENT = str(Path(sys.executable).with_name("trioagent"))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TRIOAGENT, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one error line (after the subcommand's usage); checks there is no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "nosuch:f", "--insecure"], "no module named 'nosuch'"),
+        (["serve", "trioagent.demo:nosuch", "--insecure"], "module 'trioagent.demo' has no 'nosuch'"),
+        (["serve", "trioagent.demo:QUESTIONS", "--insecure"], "trioagent.demo:QUESTIONS is not callable"),
+        (["serve", "trioagent.demo:make_caller_audio", "--insecure"], "trioagent.demo:make_caller_audio raised TypeError"),
+        (["serve", "tests.cli_factories:wrong_shape", "--insecure"], "must return (agent, pipeline), got str"),
+        (["serve", "tests.cli_factories:broken", "--insecure"], "tests.cli_factories:broken raised RuntimeError: no API key in the environment"),
+        (["serve", "no-colon", "--insecure"], "expected module:callable"),
+        (["serve", "tests.netkit:factory", "--insecure", "--port", "99999"], "99999 is not a port number (0 to 65535"),
+        (["serve", "tests.netkit:factory", "--insecure", "--port", "http"], "'http' is not a port number"),
+        (["serve", "tests.netkit:factory", "--insecure", "--host", "no-such-host.invalid"], "cannot resolve host 'no-such-host.invalid'"),
+        (["serve", "tests.netkit:factory"], "a secret is needed"),
+        (["serve", "tests.netkit:factory", "--insecure", "--grace", "-1"], "-1 must be more than 0"),
+        (["demo", "--out", "/nonexistent/dir/x.wav"], "cannot write /nonexistent/dir/x.wav: /nonexistent/dir is not a directory"),
+        (["token"], "a secret is needed"),
+        (["console"], "LocalAudioTransport needs"),  # no sounddevice or PortAudio in CI: said first
+    ],
+)
+def test_mistakes_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2, result
+    line = error_line(result)
+    assert line.startswith(f"trioagent {args[0]}: error: ") and message in line, line
+    assert f"usage: trioagent {args[0]}" in result.stderr  # the subcommand's own usage
+    assert "serving on" not in result.stdout  # nothing started
+
+
+def test_a_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "tests.netkit:factory", "--insecure", "--port", str(port))
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is in use; pick another with --port" in error_line(result)
+
+
+def test_version_and_help() -> None:
+    assert run("--version").stdout.strip() == f"trioagent {trioagent.__version__}"
+    for command, expected in [("demo", "(default: rule)"), ("serve", "(default: 8765)"), ("console", "--list-devices"), ("token", "(default: 3600.0)")]:
+        result = run(command, "--help")
+        assert result.returncode == 0 and expected in " ".join(result.stdout.split()), result.stdout
+        assert "(default: None)" not in result.stdout
+        assert result.stdout.split("\n\n")[1].strip()  # a description
+
+
+def test_unknown_option_prints_the_subcommand_usage() -> None:
+    result = run("serve", "tests.netkit:factory", "--nope")
+    assert result.returncode == 2 and "usage: trioagent serve" in result.stderr and "unrecognized arguments: --nope" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["serve", "tests.netkit:factory", "--insecure", "--port", "0"], ["demo", "--out", "/tmp/trioagent-ctrl-c.wav"]])
+def test_ctrl_c_is_one_line_and_exit_130(args: list[str]) -> None:
+    process = subprocess.Popen([TRIOAGENT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()  # it has started ("serving on ..." / "trioagent demo: ...")
+        assert first.startswith("trioagent")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == f"trioagent {args[0]}: interrupted", err
+
+
+def test_demo_counts_only_answers_spoken(tmp_path: Path) -> None:
+    """With the LLM server down, no question is answered: the summary says so, and it fails."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # (nothing listens once this is closed)
+    result = run("demo", "--fast", "--llm", "openai", "--base-url", f"http://127.0.0.1:{port}/v1", "--out", str(tmp_path / "x.wav"), timeout=240)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0/5 questions answered, 5 failed" in result.stdout
+    assert "error       : the language model (OpenAILLM) failed" in result.stdout
+    assert "latency (virtual time):" in result.stdout
