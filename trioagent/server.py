@@ -212,6 +212,7 @@ class Server:
     async def _handle(self, stream: trio.abc.Stream) -> None:
         try:
             async with stream:  # whatever happens, the TCP connection is closed at the end
+                routed = None  # (no complete request head in time: just close)
                 with trio.move_on_after(self.hello_timeout):
                     routed = await self._route(stream)
                 if routed is None:
