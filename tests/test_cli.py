@@ -109,3 +109,21 @@ def test_demo_counts_only_answers_spoken(tmp_path: Path) -> None:
     assert "0/5 questions answered, 5 failed" in result.stdout
     assert "error       : the language model (OpenAILLM) failed" in result.stdout
     assert "latency (virtual time):" in result.stdout
+
+
+def test_the_progress_line_is_cleared_before_each_printed_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from trioagent.demo import _Console
+
+    out = io.StringIO()
+    console = _Console(out, progress=True)
+    console.progress(35.1, 60.0)
+    console.line("agent : Hi!")
+    err = capsys.readouterr().err
+    assert err == "\r   35.1 s / 60.0 s" + "\r" + " " * 30 + "\r"  # cleared before the line went out
+    assert out.getvalue() == "agent : Hi!\n"
+    quiet = _Console(io.StringIO(), progress=False)  # not a terminal: no progress, nothing to clear
+    quiet.progress(1.0, 2.0)
+    quiet.line("x")
+    assert capsys.readouterr().err == ""
