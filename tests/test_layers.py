@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "trioagent"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "audio", "_proto", "chat", "sentences", "states", "_compute"),
     ("tools", "metrics", "scheduler", "events"),
-    ("providers", "transports", "utterance", "agent", "flow"),
+    ("providers", "transports", "utterance", "mcp", "agent", "flow"),
     ("pipeline", "session"),
     ("server", "auth", "cli", "demo", "testing", "web", "__init__", "__main__"),
 ]

@@ -17,6 +17,9 @@ from .errors import TransportClosed as TransportClosed
 from .errors import TransportError as TransportError
 from .errors import TrioAgentError as TrioAgentError
 from .flow import ConversationFlow as ConversationFlow
+from .mcp import MCPServerError as MCPServerError
+from .mcp import MCPServerHTTP as MCPServerHTTP
+from .mcp import MCPServerStdio as MCPServerStdio
 from .metrics import TurnMetrics as TurnMetrics
 from .pipeline import CascadingPipeline as CascadingPipeline
 from .pipeline import Pipeline as Pipeline
@@ -49,6 +52,9 @@ __all__ = [
     "FunctionCall",
     "FunctionCallOutput",
     "FunctionTool",
+    "MCPServerError",
+    "MCPServerHTTP",
+    "MCPServerStdio",
     "Pipeline",
     "ProtocolError",
     "ProviderError",

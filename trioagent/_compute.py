@@ -11,11 +11,20 @@ thread or a process would let an autojump clock race ahead while the work is sti
 
 A program that uses `run_in_process` on the real clock must start under ``if __name__ ==
 "__main__":`` (worker processes are spawned, and import the main module).
+
+Waiting on the outside world (a subprocess, a socket: an MCP server) is the same problem the other
+way round: under an autojump clock, a task blocked on real I/O looks idle, so the clock jumps to
+the next deadline (a timeout, the next mixer tick) and races on while the answer is on its way.
+`outside_world()` holds virtual time still for the wait instead, so the call takes no virtual
+time, as an inline computation does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+import weakref
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import trio
@@ -29,6 +38,33 @@ T = TypeVar("T")
 def virtual_time() -> bool:
     """Whether the current trio run uses a `MockClock`."""
     return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+
+
+_holds: weakref.WeakKeyDictionary[trio.testing.MockClock, list[float]] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def outside_world() -> Iterator[None]:
+    """Hold virtual time still while the body waits on something real (on the real clock: does
+    nothing). Under a `MockClock` the clock stops autojumping until the last such body ends
+    (bodies in several tasks nest), then gets its threshold back. A timeout inside cannot fire
+    meanwhile: timeouts of real waits are for the real clock."""
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, trio.testing.MockClock):
+        yield
+        return
+    hold = _holds.get(clock)
+    if hold is None:
+        hold = _holds[clock] = [clock.autojump_threshold, 0]
+        clock.autojump_threshold = math.inf
+    hold[1] += 1
+    try:
+        yield
+    finally:
+        hold[1] -= 1
+        if hold[1] == 0:
+            del _holds[clock]
+            clock.autojump_threshold = hold[0]
 
 
 async def run_blocking(fn: Callable[..., T], *args: object, abandon_on_cancel: bool = False) -> T:

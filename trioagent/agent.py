@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from .audio.player import BackgroundAudioHandlerConfig
 from .chat import ChatContext, ChatRole
+from .mcp import MCPManager, MCPServer
 from .scheduler import UtteranceHandle
 from .states import AgentState, UserState
 from .tools import FunctionTool, get_tool
@@ -63,6 +64,9 @@ class Agent:
         instructions: the system prompt; seeds `chat_context`.
         tools: extra tools (decorated or plain functions, or `FunctionTool`s).
         chat_context: start from this context instead of a fresh one.
+        mcp_servers: MCP servers (`MCPServerStdio`, `MCPServerHTTP`) whose tools the agent
+            uses. They are connected when the agent takes over a session (before `on_enter`) and
+            disconnected when it hands over or the session closes; see `trioagent.mcp`.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class Agent:
         instructions: str = "",
         tools: Sequence[Callable[..., Any] | FunctionTool] | None = None,
         chat_context: ChatContext | None = None,
+        mcp_servers: Sequence[MCPServer] | None = None,
     ) -> None:
         self.instructions = instructions
         self.chat_context = chat_context if chat_context is not None else ChatContext()
@@ -78,6 +83,8 @@ class Agent:
         self._session: weakref.ref[AgentSessionAPI] | None = None  # (weak: the session owns the agent)
         self._thinking_background_config: BackgroundAudioHandlerConfig | None = None
         self._tools: list[FunctionTool] = self._collect_tools(tools or ())
+        self.mcp_manager: MCPManager | None = MCPManager(mcp_servers) if mcp_servers else None
+        """The agent's MCP servers and their tools (None without servers)."""
 
     def _collect_tools(self, extra: Sequence[Callable[..., Any] | FunctionTool]) -> list[FunctionTool]:
         found: list[FunctionTool] = []
@@ -99,10 +106,18 @@ class Agent:
 
     @property
     def tools(self) -> list[FunctionTool]:
+        """The agent's own tools, then those of its connected MCP servers."""
+        if self.mcp_manager is None:
+            return list(self._tools)
+        return [*self._tools, *self.mcp_manager.tools]
+
+    @property
+    def own_tools(self) -> list[FunctionTool]:
+        """The agent's own tools (not its MCP servers')."""
         return list(self._tools)
 
     def tool(self, name: str) -> FunctionTool | None:
-        return next((t for t in self._tools if t.name == name), None)
+        return next((t for t in self.tools if t.name == name), None)
 
     @property
     def session(self) -> AgentSessionAPI:
@@ -129,7 +144,8 @@ class Agent:
         return self._thinking_background_config
 
     async def initialize_mcp(self) -> None:
-        """Load tools from MCP servers; none by default."""
+        """Called when the agent takes over a session, once its MCP servers are connected (their
+        tools are in `tools`), before `on_enter`. Nothing by default."""
 
     # -- hooks --------------------------------------------------------------------------------
     async def on_enter(self) -> None:

@@ -70,14 +70,14 @@ class ErrorEvent:
 
     error: BaseException
     stage: str | None
-    """``"stt"``, ``"llm"``, ``"tts"``, or None when it is not known."""
+    """``"stt"``, ``"llm"``, ``"tts"``, ``"mcp"``, or None when it is not known."""
     fatal: bool
 
     @property
     def reason(self) -> str:
         """One line for a user: what failed, never a provider's own message (it may hold URLs,
         keys or a server's reply)."""
-        what = {"stt": "speech recognition", "llm": "the language model", "tts": "speech synthesis"}.get(self.stage or "", "the agent")
+        what = {"stt": "speech recognition", "llm": "the language model", "tts": "speech synthesis", "mcp": "an MCP server"}.get(self.stage or "", "the agent")
         who = f" ({self.error.provider})" if isinstance(self.error, ProviderError) and self.error.provider else ""
         how = "timed out" if isinstance(self.error, ProviderTimeout) else "failed"
         return f"{what}{who} {how}"

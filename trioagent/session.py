@@ -36,6 +36,7 @@ from .chat import ChatItem, ChatMessage, ChatRole, FunctionCall, FunctionCallOut
 from .errors import ProviderError, SessionClosed, sole_error
 from .events import CloseEvent, ConversationItemAdded, ErrorEvent, EventEmitter, SpeechCreated, UserInputTranscribed
 from .flow import ConversationFlow
+from .mcp import MCPServerError
 from .metrics import TurnMetrics
 from .pipeline.base import Pipeline
 from .scheduler import SpeechScheduler, SpeechSource, UserSpeechEffect, UtteranceState, running_handle
@@ -322,7 +323,7 @@ class AgentSession(EventEmitter):
     async def _start(self) -> None:
         nursery = self._require_nursery()
         self._update_states()
-        await self.agent.initialize_mcp()
+        await self._connect_mcp(self.agent)
         self.pipeline.attach(self._host)
         self._hook_agent(self.agent)
         await nursery.start(self._pump_output)
@@ -401,6 +402,7 @@ class AgentSession(EventEmitter):
             self._unhook_agent(self.agent)
             steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
                 ("agent.on_exit", self.agent.on_exit),
+                ("MCP servers", self.agent.mcp_manager.aclose if self.agent.mcp_manager else trio.lowlevel.checkpoint),
                 ("thinking audio", self.stop_thinking_audio),
                 ("background audio", self._stop_background_player),
                 ("pipeline.cleanup", self.pipeline.cleanup),
@@ -714,13 +716,27 @@ class AgentSession(EventEmitter):
         if not self._wake_pauses and self.wake_up is not None:
             self._set_wake_deadline((trio.current_time() if since is None else since) + self.wake_up)
 
-    # -- hand-over -----------------------------------------------------------------------------
+    # -- MCP servers and hand-over -------------------------------------------------------------
+    async def _connect_mcp(self, agent: Agent) -> None:
+        """Connect `agent`'s MCP servers, in this session's nursery (their tools join the
+        agent's), then run its `initialize_mcp` hook.
+
+        Raises:
+            MCPServerError: a required server did not start, or a tool name clashes.
+        """
+        if agent.mcp_manager is not None:
+            await agent.mcp_manager.aclose()  # (an agent handed back to: its last run must be over)
+            await self._require_nursery().start(agent.mcp_manager.run, [t.name for t in agent.own_tools])
+        await agent.initialize_mcp()
+
     async def _hand_over(self, new_agent: Agent) -> None:
         old = self.agent
         try:
             await old.on_exit()
         except Exception:
             _log.exception("on_exit of %s raised during hand-over", type(old).__name__)
+        if old.mcp_manager is not None:
+            old.mcp_manager.close_nowait()  # (the new agent need not wait for old servers to exit)
         self._unhook_agent(old)
         old.session = None
         new_agent.session = self
@@ -729,6 +745,15 @@ class AgentSession(EventEmitter):
         )
         self.agent = new_agent
         self._hook_agent(new_agent)
+        try:
+            await self._connect_mcp(new_agent)
+        except MCPServerError as exc:
+            # The new agent cannot work without its servers: the session ends, saying why.
+            _log.error("hand-over to %s failed: %s", type(new_agent).__name__, exc)
+            self.failure = exc
+            self.emit("error", ErrorEvent(exc, "mcp", fatal=True))
+            await self._close("hand-over failed", exc)
+            return
         await new_agent.on_enter()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 import trio
@@ -63,7 +63,8 @@ class ScriptedLLM:
     """Each call to `chat` plays the next entry of the script.
 
     An entry is a string (streamed word by word), a `ToolCall`, or a list of strings and
-    `ToolCall`s played in order (text before a tool call, parallel calls). Every call waits
+    `ToolCall`s played in order (text before a tool call, parallel calls), or a function of
+    the chat context returning one of those (to answer with what a tool returned). Every call waits
     `ttft` seconds before its first chunk and `word_delay` between words. `calls` keeps a copy of
     the chat context each call saw. An entry `None` hangs forever (a provider that never
     answers). With `report_usage`, each call ends with a `Usage` (prompt tokens: the words of
@@ -75,7 +76,7 @@ class ScriptedLLM:
 
     def __init__(
         self,
-        script: Sequence[str | ToolCall | list[str | ToolCall] | None],
+        script: Sequence[str | ToolCall | list[str | ToolCall] | Callable[[ChatContext], str | ToolCall | list[str | ToolCall]] | None],
         ttft: float = 0.0,
         word_delay: float = 0.0,
         report_usage: bool = False,
@@ -94,6 +95,8 @@ class ScriptedLLM:
         if n >= len(self.script):
             raise ProviderError(f"ScriptedLLM: the script has {len(self.script)} entries; call {n + 1} has none", provider="ScriptedLLM")
         entry = self.script[n]
+        if callable(entry):
+            entry = entry(chat_context)
         prompt = sum(len(m.content.split()) for m in chat_context.messages) if self.report_usage else 0
         await trio.sleep(self.ttft)
         if entry is None:
