@@ -45,6 +45,8 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
         (["serve", "tests.netkit:factory"], "a secret is needed"),
         (["serve", "tests.netkit:factory", "--insecure", "--grace", "-1"], "-1 must be more than 0"),
         (["demo", "--out", "/nonexistent/dir/x.wav"], "cannot write /nonexistent/dir/x.wav: /nonexistent/dir is not a directory"),
+        (["demo", "--mcp-stdio", "no-such-mcp-server --stdio"], "--mcp-stdio: no program 'no-such-mcp-server' (not on PATH)"),
+        (["demo", "--mcp-stdio", "python -m 'unclosed"], "--mcp-stdio \"python -m 'unclosed\": No closing quotation"),
         (["token"], "a secret is needed"),
         (["console"], "LocalAudioTransport needs"),  # no sounddevice or PortAudio in CI: said first
     ],
@@ -109,6 +111,16 @@ def test_demo_counts_only_answers_spoken(tmp_path: Path) -> None:
     assert "0/5 questions answered, 5 failed" in result.stdout
     assert "error       : the language model (OpenAILLM) failed" in result.stdout
     assert "latency (virtual time):" in result.stdout
+
+
+def test_the_demo_asks_the_reference_mcp_time_server(tmp_path: Path) -> None:
+    result = run("demo", "--fast", "--mcp-stdio", "python -m mcp_server_time", "--out", str(tmp_path / "x.wav"), timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MCP server: python -m mcp_server_time" in result.stdout
+    assert "caller said : Tell me the time in Tokyo." in result.stdout
+    line = next(line for line in result.stdout.splitlines() if line.startswith("agent said  : In Tokyo it is "))
+    assert line.endswith((" AM.", " PM.")), line
+    assert "5/5 questions answered" in result.stdout
 
 
 def test_the_progress_line_is_cleared_before_each_printed_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -157,6 +157,16 @@ def test_rule_llm_intents() -> None:
     ctx = ChatContext()
     ctx.add_function_output(name="get_weather", call_id="c", output='{"city": "paris", "sky": "sunny", "celsius": 20}')
     assert llm.answer(ctx, []) == "In Paris it is sunny and 20 degrees."
+    # The time in a city: through a `get_current_time` tool (the MCP time server's) when there is one.
+    clock = FunctionTool.from_function(lambda timezone: timezone, name="get_current_time", description="t")
+    assert answer("tell me the time in tokyo", [clock]) == ToolCall("get_current_time", {"timezone": "Asia/Tokyo"})
+    assert answer("what time is it in boston") == "I cannot tell the time in Boston; here it is 2:05 PM."
+    ctx = ChatContext()
+    ctx.add_message(role=ChatRole.USER, content="tell me the time in tokyo")
+    ctx.add_function_output(name="get_current_time", call_id="c", output='{"timezone": "Asia/Tokyo", "datetime": "2026-11-26T09:05:00+09:00"}')
+    assert llm.answer(ctx, [clock]) == "In Tokyo it is 9:05 AM."
+    ctx.add_function_output(name="get_current_time", call_id="d", output="error: Invalid timezone", is_error=True)
+    assert llm.answer(ctx, [clock]) == "Sorry, I could not get the time in Tokyo just now."
 
 
 async def test_rule_llm_streams_words() -> None:

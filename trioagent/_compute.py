@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+import attrs
 import trio
 import trio.testing
 
@@ -40,31 +41,49 @@ def virtual_time() -> bool:
     return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
 
 
-_holds: weakref.WeakKeyDictionary[trio.testing.MockClock, list[float]] = weakref.WeakKeyDictionary()
+@attrs.define
+class _Hold:
+    threshold: float
+    rate: float
+    holds: int = 0
+    real: int = 0
+
+
+_holds: weakref.WeakKeyDictionary[trio.testing.MockClock, _Hold] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
-def outside_world() -> Iterator[None]:
+def outside_world(*, real_time: bool = False) -> Iterator[None]:
     """Hold virtual time still while the body waits on something real (on the real clock: does
     nothing). Under a `MockClock` the clock stops autojumping until the last such body ends
-    (bodies in several tasks nest), then gets its threshold back. A timeout inside cannot fire
-    meanwhile: timeouts of real waits are for the real clock."""
+    (bodies in several tasks nest), then gets its settings back. A timeout inside cannot fire
+    meanwhile: timeouts of real waits are for the real clock.
+
+    With `real_time`, virtual time runs at the real rate instead of standing still, for a body
+    whose own waits must pass (a library's grace period while a subprocess exits, say).
+    """
     clock = trio.lowlevel.current_clock()
     if not isinstance(clock, trio.testing.MockClock):
         yield
         return
     hold = _holds.get(clock)
     if hold is None:
-        hold = _holds[clock] = [clock.autojump_threshold, 0]
+        hold = _holds[clock] = _Hold(clock.autojump_threshold, clock.rate)
         clock.autojump_threshold = math.inf
-    hold[1] += 1
+    hold.holds += 1
+    hold.real += real_time
+    if hold.real:
+        clock.rate = max(hold.rate, 1.0)
     try:
         yield
     finally:
-        hold[1] -= 1
-        if hold[1] == 0:
+        hold.holds -= 1
+        hold.real -= real_time
+        if not hold.real:
+            clock.rate = hold.rate
+        if not hold.holds:
             del _holds[clock]
-            clock.autojump_threshold = hold[0]
+            clock.autojump_threshold = hold.threshold
 
 
 async def run_blocking(fn: Callable[..., T], *args: object, abandon_on_cancel: bool = False) -> T:

@@ -13,6 +13,8 @@ import errno
 import importlib
 import inspect
 import os
+import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -22,6 +24,7 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__
+from .mcp import MCPServerError, MCPServerStdio
 
 __all__ = ["main"]
 
@@ -111,6 +114,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     demo.add_argument("--llm", choices=["rule", "openai"], default="rule", help="the offline RuleLLM, or an OpenAI-compatible server (needs '.[openai]')")
     demo.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: $OPENAI_BASE_URL, else OpenAI)")
     demo.add_argument("--model", default=None, help="model name (default: $OPENAI_MODEL, else gpt-4o-mini)")
+    demo.add_argument(
+        "--mcp-stdio",
+        action="append",
+        default=[],
+        metavar="COMMAND",
+        help="give the agent the tools of this MCP server, run over stdio (needs '.[mcp]'); e.g. \"python -m mcp_server_time\" "
+        "(then the caller asks the time in Tokyo); may be repeated",
+    )
     demo.set_defaults(handler=_demo)
     commands["demo"] = demo
 
@@ -347,6 +358,25 @@ async def _console(args: argparse.Namespace, factory: Callable[[], Any], out: An
 
 
 # -- demo ----------------------------------------------------------------------------------------
+def _mcp_stdio(command: str) -> MCPServerStdio:
+    """``--mcp-stdio "python -m mcp_server_time"`` as a server; ``python`` is this Python."""
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        raise UsageError("--mcp-stdio needs the MCP SDK: pip install -e '.[mcp]'") from None
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise UsageError(f"--mcp-stdio {command!r}: {exc}") from None
+    if not argv:
+        raise UsageError("--mcp-stdio needs a command, e.g. \"python -m mcp_server_time\"")
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    elif shutil.which(argv[0]) is None:
+        raise UsageError(f"--mcp-stdio: no program {argv[0]!r} (not on PATH)")
+    return MCPServerStdio(argv[0], argv[1:], name=command)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .providers.base import LLM
 
@@ -368,8 +398,16 @@ def _demo(args: argparse.Namespace) -> int:
         from .providers.openai_llm import OpenAILLM
 
         llm = OpenAILLM(base_url=args.base_url, model=args.model)
-    print(f"trioagent demo: {'virtual time (--fast): latencies are virtual' if args.fast else 'real time'}, LLM: {args.llm}")
-    turns = run(args.fast, args.out, llm)
+    servers = [_mcp_stdio(command) for command in args.mcp_stdio]
+    print(
+        f"trioagent demo: {'virtual time (--fast): latencies are virtual' if args.fast else 'real time'}, LLM: {args.llm}"
+        + "".join(f", MCP server: {server.label}" for server in servers)
+    )
+    try:
+        turns = run(args.fast, args.out, llm, mcp_servers=servers)
+    except MCPServerError as exc:
+        print(f"trioagent: {exc}", file=sys.stderr)
+        return 1
     answered = sum(1 for t in turns if t.answered and not t.failed)
     failed = sum(1 for t in turns if t.failed)
     print(

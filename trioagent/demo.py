@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import zlib
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import attrs
@@ -24,6 +25,7 @@ from .audio.codec import write_wav
 from .audio.frame import AudioFrame
 from .audio.resample import resample
 from .events import ErrorEvent
+from .mcp import MCPServer
 from .metrics import TurnMetrics
 from .pipeline.cascading import CascadingPipeline
 from .providers.base import LLM
@@ -34,7 +36,7 @@ from .session import AgentSession
 from .tools import function_tool
 from .transports.wavfile import WavFileTransport
 
-__all__ = ["QUESTIONS", "DemoAgent", "DemoTurn", "run_demo", "make_caller_audio", "agent_factory"]
+__all__ = ["QUESTIONS", "MCP_QUESTIONS", "DemoAgent", "DemoTurn", "run_demo", "make_caller_audio", "agent_factory"]
 
 QUESTIONS = [
     "Hello there.",
@@ -43,6 +45,8 @@ QUESTIONS = [
     "What is the date today?",
     "Thank you, goodbye.",
 ]
+MCP_QUESTIONS = [q if q != "What time is it?" else "Tell me the time in Tokyo." for q in QUESTIONS]
+"""The questions when the agent has MCP servers: the time is asked for a city, for the server."""
 GREETING = "Hi! I am the trio agent demo. Ask me the time, the date, or the weather."
 CALLER_VOICE = {"voice": "en-us+m3", "rate": 150}
 LEAD = 5.5  # seconds before the first question (the agent greets first)
@@ -50,10 +54,11 @@ GAP = 4.5  # seconds after each question, for the answer
 
 
 class DemoAgent(Agent):
-    """The demo's agent: greets, and has a (pretend) weather tool."""
+    """The demo's agent: greets, and has a (pretend) weather tool, and the tools of any MCP
+    servers it is given (e.g. the reference time server's `get_current_time`)."""
 
-    def __init__(self) -> None:
-        super().__init__(instructions="You are a friendly voice assistant. Answer in one short sentence.")
+    def __init__(self, mcp_servers: Sequence[MCPServer] = ()) -> None:
+        super().__init__(instructions="You are a friendly voice assistant. Answer in one short sentence.", mcp_servers=mcp_servers)
 
     async def on_enter(self) -> None:
         await self.session.say(GREETING)
@@ -137,20 +142,22 @@ async def run_demo(
     out: TextIO = sys.stdout,
     progress: bool = False,
     virtual: bool = False,
+    mcp_servers: Sequence[MCPServer] = (),
 ) -> list[DemoTurn]:
     """Run the whole demo conversation; returns the turns (also printed to `out`).
 
     Args:
+        mcp_servers: give the agent these MCP servers (and ask the time in Tokyo).
         progress: show a progress line on stderr (a terminal), cleared before each printed line.
         virtual: say that the latencies printed are virtual (the run is under a MockClock).
     """
     console = _Console(out, progress)
     with tempfile.TemporaryDirectory() as tmp:
         caller_path = os.path.join(tmp, "caller.wav")
-        turns = await make_caller_audio(caller_path)
+        turns = await make_caller_audio(caller_path, MCP_QUESTIONS if mcp_servers else QUESTIONS)
         transport = WavFileTransport(caller_path, output_path, output_sample_rate=EspeakTTS.sample_rate, tail=1.0)
         pipeline = CascadingPipeline(stt=PocketsphinxSTT(grammar=DEMO_GRAMMAR), llm=llm or RuleLLM(), tts=EspeakTTS())
-        session = AgentSession(DemoAgent(), pipeline, transport=transport)
+        session = AgentSession(DemoAgent(mcp_servers), pipeline, transport=transport)
         t0 = trio.current_time()
         clock = " (virtual time)" if virtual else ""
 
@@ -200,7 +207,9 @@ async def run_demo(
         return turns
 
 
-def run(fast: bool, output_path: str, llm: LLM | None, out: TextIO = sys.stdout) -> list[DemoTurn]:
+def run(fast: bool, output_path: str, llm: LLM | None, out: TextIO = sys.stdout, mcp_servers: Sequence[MCPServer] = ()) -> list[DemoTurn]:
     """Run the demo in real time, or in virtual time with `fast`."""
     clock = trio.testing.MockClock(autojump_threshold=0) if fast else None
-    return trio.run(lambda: run_demo(output_path, llm=llm, out=out, progress=sys.stderr.isatty(), virtual=fast), clock=clock)
+    return trio.run(
+        lambda: run_demo(output_path, llm=llm, out=out, progress=sys.stderr.isatty(), virtual=fast, mcp_servers=mcp_servers), clock=clock
+    )

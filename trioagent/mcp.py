@@ -31,7 +31,7 @@ import os
 import re
 import sys
 import weakref
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -67,6 +67,10 @@ class MCPServerError(TrioAgentError):
         self.stderr = stderr
 
 
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str] | None:
     return None if value is None else dict(value)
 
@@ -89,7 +93,7 @@ class MCPServerStdio:
     """
 
     command: str
-    args: Sequence[str] = attrs.field(default=(), converter=tuple)
+    args: Sequence[str] = attrs.field(default=(), converter=_strings)
     env: Mapping[str, str] | None = attrs.field(default=None, converter=_frozen_mapping)
     cwd: str | os.PathLike[str] | None = None
     name: str | None = None
@@ -339,7 +343,7 @@ class _Connection:
                 async with contextlib.AsyncExitStack() as stack:
                     with outside_world():
                         try:
-                            self.client = await stack.enter_async_context(self._client())
+                            self.client = await stack.enter_async_context(_ExitInRealTime(self._client()))
                         finally:
                             if self._stderr is not None:
                                 self._stderr.close_writer()
@@ -537,6 +541,22 @@ def _describe(exc: BaseException) -> str:
     if type(exc).__name__ == "MCPError" and getattr(exc, "code", None) == -32000:
         text = "the connection closed (the server exited?)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@attrs.define(eq=False)
+class _ExitInRealTime:
+    """Closes the client with virtual time running at the real rate: the SDK's shutdown of a
+    stdio server polls for its exit and has grace periods, which should mean real seconds (so a
+    server that exits when its stdin closes is not killed for being slow in virtual time)."""
+
+    client: Client
+
+    async def __aenter__(self) -> Client:
+        return await self.client.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        with outside_world(real_time=True):
+            await self.client.__aexit__(*exc)
 
 
 @attrs.define(eq=False)

@@ -402,7 +402,7 @@ class AgentSession(EventEmitter):
             self._unhook_agent(self.agent)
             steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
                 ("agent.on_exit", self.agent.on_exit),
-                ("MCP servers", self.agent.mcp_manager.aclose if self.agent.mcp_manager else trio.lowlevel.checkpoint),
+                ("MCP servers", self._stop_mcp),
                 ("thinking audio", self.stop_thinking_audio),
                 ("background audio", self._stop_background_player),
                 ("pipeline.cleanup", self.pipeline.cleanup),
@@ -728,6 +728,13 @@ class AgentSession(EventEmitter):
             await agent.mcp_manager.aclose()  # (an agent handed back to: its last run must be over)
             await self._require_nursery().start(agent.mcp_manager.run, [t.name for t in agent.own_tools])
         await agent.initialize_mcp()
+
+    async def _stop_mcp(self) -> None:
+        """Start disconnecting the agent's MCP servers: they finish (a stdio server exits) while
+        the other close steps run, and the session waits for them with its other tasks."""
+        if self.agent.mcp_manager is not None:
+            self.agent.mcp_manager.close_nowait()
+        await trio.lowlevel.checkpoint()
 
     async def _hand_over(self, new_agent: Agent) -> None:
         old = self.agent

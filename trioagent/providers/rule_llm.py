@@ -1,8 +1,9 @@
 """`RuleLLM`: the offline stand-in for an LLM that the demo uses. Not a language model.
 
 It recognises a handful of intents by keywords (tolerant of typical speech-recognition slips
-such as "whether" for "weather"): greetings, how-are-you, the time, the date, the weather (through
-a `get_weather` tool when the agent has one), thanks and goodbye. It streams its answer word by
+such as "whether" for "weather"): greetings, how-are-you, the time (in a city, through a
+`get_current_time` tool such as the reference MCP time server's, when the agent has one), the date,
+the weather (through a `get_weather` tool when the agent has one), thanks and goodbye. It streams its answer word by
 word and makes real tool calls, so it exercises the same pipeline paths as a real model.
 """
 
@@ -20,9 +21,14 @@ from ..chat import ChatContext, ChatMessage, ChatRole, FunctionCallOutput
 from ..tools import FunctionTool
 from .base import LLMChunk, TextDelta, ToolCall
 
-__all__ = ["RuleLLM", "CITIES"]
+__all__ = ["RuleLLM", "CITIES", "TIMEZONES"]
 
 CITIES = ["paris", "london", "tokyo", "berlin", "rome", "madrid", "sydney", "boston", "chicago", "seattle", "new york"]
+TIMEZONES = {
+    "paris": "Europe/Paris", "london": "Europe/London", "tokyo": "Asia/Tokyo", "berlin": "Europe/Berlin",
+    "rome": "Europe/Rome", "madrid": "Europe/Madrid", "sydney": "Australia/Sydney", "boston": "America/New_York",
+    "chicago": "America/Chicago", "seattle": "America/Los_Angeles", "new york": "America/New_York",
+}  # fmt: skip
 
 _INTENTS: list[tuple[str, set[str]]] = [
     ("weather", {"weather", "whether", "rain", "raining", "sunny", "temperature", "forecast", "hot", "cold"}),
@@ -76,6 +82,17 @@ class RuleLLM:
 
     def answer(self, chat_context: ChatContext, tools: Sequence[FunctionTool]) -> str | ToolCall:
         last = chat_context.items[-1] if chat_context.items else None
+        users = [m for m in chat_context.items if isinstance(m, ChatMessage) and m.role is ChatRole.USER]
+        text = users[-1].content if users else ""
+        if isinstance(last, FunctionCallOutput) and last.name == "get_current_time":
+            place = (_city(text) or "there").title()
+            if last.is_error:
+                return f"Sorry, I could not get the time in {place} just now."
+            try:
+                clock = _dt.datetime.fromisoformat(json.loads(last.output)["datetime"])
+            except (ValueError, KeyError, TypeError):
+                return f"The time service says: {last.output}"
+            return f"In {place} it is {clock.strftime('%I:%M %p').lstrip('0')}."
         if isinstance(last, FunctionCallOutput) and last.name == "get_weather":
             if last.is_error:
                 return "Sorry, I could not get the weather just now."
@@ -84,8 +101,6 @@ class RuleLLM:
                 return f"In {data['city'].title()} it is {data['sky']} and {data['celsius']} degrees."
             except (ValueError, KeyError, TypeError, AttributeError):
                 return f"The weather service says: {last.output}"
-        users = [m for m in chat_context.items if isinstance(m, ChatMessage) and m.role is ChatRole.USER]
-        text = users[-1].content if users else ""
         intent = self.intent(text)
         now = self.now()
         if intent == "weather":
@@ -96,6 +111,11 @@ class RuleLLM:
                 return ToolCall("get_weather", {"city": city})
             return f"I cannot look up the weather for {city.title()} right now."
         if intent == "time":
+            city = _city(text)
+            if city is not None and any(t.name == "get_current_time" for t in tools):
+                return ToolCall("get_current_time", {"timezone": TIMEZONES[city]})
+            if city is not None:
+                return f"I cannot tell the time in {city.title()}; here it is {now.strftime('%I:%M %p').lstrip('0')}."
             return f"It is {now.strftime('%I:%M %p').lstrip('0')}."
         if intent == "date":
             return f"Today is {now.strftime('%A, %B')} {now.day}."
