@@ -106,10 +106,10 @@ def main() -> None:
         return
     import uvicorn
 
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # (asyncio sets TCP_NODELAY only then)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    app = server.streamable_http_app() if mode == "http" else server.sse_app()
+    app = server.streamable_http_app(json_response="--json" in sys.argv) if mode == "http" else server.sse_app()
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     print(sock.getsockname()[1], flush=True)
     anyio.run(uvicorn.Server(config).serve, [sock])

@@ -153,6 +153,10 @@ class MCPTool(FunctionTool):
     remote_name: str = ""
     server: str = ""
     _connection: weakref.ref[_Connection] | None = None
+    _validator: Any = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._validator = _validator(self.parameters)  # (once: building one costs about a millisecond)
 
     def validate(self, arguments: str | dict[str, Any] | None) -> dict[str, Any]:
         """Parse the LLM's arguments and check them against the server's schema.
@@ -171,7 +175,7 @@ class MCPTool(FunctionTool):
             args = arguments
         if not isinstance(args, dict):
             raise ToolError(f"arguments must be a JSON object, got {type(args).__name__}")
-        _check_schema(args, self.parameters)
+        _check_schema(args, self._validator)
         return args
 
     async def call(self, arguments: str | dict[str, Any] | None) -> ToolResult:
@@ -187,16 +191,25 @@ class MCPTool(FunctionTool):
         return await connection.call(self, args)
 
 
-def _check_schema(args: dict[str, Any], schema: dict[str, Any]) -> None:
+def _validator(schema: dict[str, Any]) -> Any:
+    """A JSON-schema validator for `schema`, or None (no jsonschema, or a schema it rejects:
+    then the server judges the arguments alone)."""
     try:
         import jsonschema  # type: ignore[import-untyped]
-    except ImportError:  # (a dependency of mcp; without it the server checks)
-        return
+    except ImportError:  # (a dependency of mcp)
+        return None
     try:
-        validator = jsonschema.validators.validator_for(schema)(schema)
-        errors = sorted(validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        return cls(schema)
     except jsonschema.exceptions.SchemaError:
-        return  # the server's schema is not valid JSON schema: let the server judge
+        return None
+
+
+def _check_schema(args: dict[str, Any], validator: Any) -> None:
+    if validator is None:
+        return
+    errors = sorted(validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ToolError("; ".join(f"{'/'.join(str(p) for p in e.absolute_path) or 'arguments'}: {e.message}" for e in errors[:3]))
 
