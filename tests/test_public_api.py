@@ -44,6 +44,12 @@ def test_example_runs() -> None:
     assert "interrupted True" in out and "agent -> closing" in out
 
 
+def test_mcp_example_runs() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "mcp_time.py")], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "tools: ['get_current_time', 'convert_time']" in out
+    assert " 1.50 s  agent says: In Tokyo it is " in out
+
+
 def test_readme_quick_start_runs() -> None:
     import re
 
