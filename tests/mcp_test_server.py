@@ -4,7 +4,7 @@ loopback port and prints it (one line) before serving.
 
 Tools: `echo`, `add`, `slow` (sleeps; records its start and whether it was cancelled), `boom`
 (raises an unexpected error), `refuse` (a ToolError: an error result), `picture` (image content),
-`whoami` (its pid), `grow` (adds a tool `extra` and announces the changed list), `events` (what
+`whoami` (its pid), `where` (its cwd and $TRIOAGENT_TEST), `grow` (adds a tool `extra` and announces the changed list), `events` (what
 `slow` recorded). With ``--log FILE``, each event is also appended to FILE (the test reads it
 after the server has been killed).
 """
@@ -78,6 +78,12 @@ def picture() -> Image:
 def whoami() -> int:
     """The server's process id."""
     return os.getpid()
+
+
+@server.tool()
+def where() -> dict[str, str]:
+    """The server's working directory and its TRIOAGENT_TEST variable."""
+    return {"cwd": os.getcwd(), "env": os.environ.get("TRIOAGENT_TEST", "")}
 
 
 @server.tool()
