@@ -39,13 +39,13 @@ import trio
 
 from ._compute import outside_world
 from .errors import TrioAgentError, sole_error
-from .tools import FunctionTool, ToolError, ToolResult
+from .tools import FunctionTool, ToolError, ToolResult, parse_arguments
 
 if TYPE_CHECKING:
     from mcp import Client
     from mcp import types as mcp_types
 
-__all__ = ["MCPServerStdio", "MCPServerHTTP", "MCPServer", "MCPManager", "MCPTool", "MCPServerError"]
+__all__ = ["MCPManager", "MCPServer", "MCPServerError", "MCPServerHTTP", "MCPServerStdio", "MCPTool", "result_to_tool_result"]
 
 _log = logging.getLogger("trioagent.mcp")
 
@@ -164,15 +164,7 @@ class MCPTool(FunctionTool):
         Raises:
             ToolError: not a JSON object, or not what the schema allows.
         """
-        if arguments is None or arguments == "":
-            args: Any = {}
-        elif isinstance(arguments, str):
-            try:
-                args = json.loads(arguments)
-            except json.JSONDecodeError as exc:
-                raise ToolError(f"arguments are not valid JSON: {exc.msg} at position {exc.pos}") from None
-        else:
-            args = arguments
+        args = parse_arguments(arguments)
         if not isinstance(args, dict):
             raise ToolError(f"arguments must be a JSON object, got {type(args).__name__}")
         _check_schema(args, self._validator)

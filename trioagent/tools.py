@@ -205,15 +205,7 @@ class FunctionTool:
         Raises:
             ToolError: the arguments are not valid JSON or do not match the schema.
         """
-        if arguments is None or arguments == "":
-            args: Any = {}
-        elif isinstance(arguments, str):
-            try:
-                args = json.loads(arguments)
-            except json.JSONDecodeError as exc:
-                raise ToolError(f"arguments are not valid JSON: {exc.msg} at position {exc.pos}") from None
-        else:
-            args = arguments
+        args = parse_arguments(arguments)
         _check(args, self.parameters, "arguments")
         hints = typing.get_type_hints(self.fn, include_extras=True)
         converted: dict[str, Any] = {}
@@ -243,6 +235,22 @@ class FunctionTool:
             _log.exception("tool %s raised", self.name)
             return ToolResult(f"error: the {self.name} tool failed; it may work if tried again later", is_error=True)
         return ToolResult(_render(value), value=value)
+
+
+def parse_arguments(arguments: str | dict[str, Any] | None) -> Any:
+    """An LLM's tool arguments as JSON values (nothing or an empty string: no arguments).
+
+    Raises:
+        ToolError: not valid JSON.
+    """
+    if arguments is None or arguments == "":
+        return {}
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError as exc:
+        raise ToolError(f"arguments are not valid JSON: {exc.msg} at position {exc.pos}") from None
 
 
 def _render(value: Any) -> str:
