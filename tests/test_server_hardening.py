@@ -13,7 +13,8 @@ import trio_websocket
 import wsproto
 import wsproto.events
 
-from trioagent import Agent
+from trioagent import Agent, MCPServerStdio
+from trioagent.mcp import MCPManager
 from trioagent.pipeline.base import Pipeline
 
 from .kit import all_tasks
@@ -113,6 +114,25 @@ async def test_a_factory_that_never_returns_is_bounded(autojump_clock: trio.test
     assert await close_reason(listener, "/ws", [hello()]) == (1011, "the agent did not start within 10 s")
     assert trio.current_time() - t == pytest.approx(10.0, abs=1e-6)
     assert server.active == 0 and server.refused == {"factory": 1}
+
+
+async def test_an_agent_whose_mcp_server_fails_to_start_gets_1011_and_one_log_line(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> tuple[Agent, Pipeline]:
+        agent, pipeline = factory()
+        agent.mcp_manager = MCPManager([MCPServerStdio("/nonexistent/mcp-server", name="crm")])
+        return agent, pipeline
+
+    server, listener = await start_memory_server(nursery)
+    server.factory = broken
+    assert await close_reason(listener, "/ws", [hello()]) == (1011, "the agent could not start")
+    assert server.active == 0 and server.refused == {"agent_failed": 1}
+    (record,) = [r for r in caplog.records if r.name == "trioagent.server"]
+    assert record.getMessage().startswith("the agent could not start: MCP server 'crm' did not start: FileNotFoundError")
+    assert record.exc_info is None  # one line: what failed and why
+    server.factory = factory
+    await browser_conversation(listener)  # the server goes on
 
 
 async def test_a_drain_closes_a_session_that_is_still_starting(autojump_clock: trio.testing.MockClock) -> None:

@@ -383,16 +383,17 @@ class _Connection:
         server = self.server
         handler = self._on_message
         if isinstance(server, MCPServerStdio):
-            params = StdioServerParameters(
-                command=server.command, args=list(server.args), env=dict(server.env) if server.env else None, cwd=os.fspath(server.cwd) if server.cwd is not None else None
-            )
+            cwd = os.fspath(server.cwd) if server.cwd is not None else None
+            params = StdioServerParameters(command=server.command, args=list(server.args), env=dict(server.env) if server.env else None, cwd=cwd)
             if self._stderr is None:
                 return Client(params, cache=None, message_handler=handler)
             from mcp.client.stdio import stdio_client
 
             return Client(stdio_client(params, errlog=self._stderr.writer), cache=None, message_handler=handler)
         if server.transport == "sse":
-            return Client(_SSE(server.url, dict(server.headers)), cache=None, message_handler=handler)
+            from mcp.client.sse import sse_client
+
+            return Client(sse_client(server.url, headers=dict(server.headers)), cache=None, message_handler=handler)
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
 
@@ -586,24 +587,6 @@ class _Owning:
         finally:
             with trio.CancelScope(shield=True):
                 await self.http.aclose()
-
-
-@attrs.define(eq=False)
-class _SSE:
-    """The SDK's SSE transport as a `Transport` (it is a plain async generator context)."""
-
-    url: str
-    headers: dict[str, str]
-    _cm: Any = None
-
-    async def __aenter__(self) -> Any:
-        from mcp.client.sse import sse_client
-
-        self._cm = sse_client(self.url, headers=self.headers)
-        return await self._cm.__aenter__()
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._cm.__aexit__(*exc)
 
 
 class MCPManager:

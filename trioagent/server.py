@@ -32,6 +32,7 @@ from .agent import Agent
 from .audio.mixer import TickClock
 from .auth import TokenError, verify_token
 from .errors import CloseCode, ProtocolError
+from .mcp import MCPServerError
 from .pipeline.base import Pipeline
 from .session import AgentSession
 from .transports.websocket import BrowserTransport, TwilioTransport, _WebSocketTransport
@@ -406,6 +407,7 @@ class Server:
         if ready is not None:
             await conn.ws.send_message(ready)
         failure: ProtocolError | None = None
+        start_error: Exception | None = None
         conn.session = session
         self._clocks[clock] += 1
         try:
@@ -422,10 +424,19 @@ class Server:
                     await session.close()
 
                 nursery.start_soon(reader)
-                await session.run()
+                try:
+                    await session.run()
+                except Exception as exc:  # (run() raises only what stopped the session starting)
+                    start_error = exc
                 nursery.cancel_scope.cancel()
         finally:
             self._clocks[clock] -= 1
+        if start_error is not None:
+            # An MCP server that did not start says what and why in one line; anything else
+            # is a bug in the agent, with its traceback.
+            self._refuse("agent_failed")
+            _log.error("the agent could not start: %s", start_error, exc_info=None if isinstance(start_error, MCPServerError) else start_error)
+            return CloseCode.INTERNAL_ERROR, "the agent could not start"
         closed = conn.ws.closed
         if closed is not None and closed.code == CloseCode.MESSAGE_TOO_BIG:
             self._refuse("too_big")
