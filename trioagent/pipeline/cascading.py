@@ -29,7 +29,6 @@ a tool's `session.say()` is spoken in order inside the reply.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -39,12 +38,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from ..agent import Agent
 from ..audio.frame import FRAME_DURATION, AudioFrame
 from ..audio.resample import StreamResampler
-from ..chat import ChatContext, ChatItem, ChatMessage, ChatRole, FunctionCall, FunctionCallOutput
+from ..chat import ChatContext, ChatMessage, ChatRole
 from ..errors import ProviderError, ProviderTimeout
-from ..events import ConversationItemAdded, FunctionToolsExecuted
 from ..metrics import TurnMetrics
 from ..providers.base import LLM, STT, TTS, VAD, TextDelta, ToolCall, TranscriptEvent, TurnDetector, Usage, VADEvent
 from ..providers.turn import SilenceTurnDetector
@@ -52,6 +49,7 @@ from ..providers.vad import EnergyVAD
 from ..scheduler import UserSpeechEffect, UtteranceState
 from ..sentences import SentenceSplitter
 from ..utterance import UserTurn, Utterance, UtteranceHandle
+from ._tools import run_tool_calls
 
 if TYPE_CHECKING:
     from .base import PipelineHost
@@ -536,38 +534,7 @@ class CascadingPipeline:
 
     async def _run_tools(self, utterance: Utterance, calls: list[ToolCall], step: int, inline_messages: list[ChatMessage]) -> Any:
         """Run one step's tool calls in order; returns an agent to hand over to, if one was returned."""
-        host = self.host
-        context = host.agent.chat_context
-        call_items: list[FunctionCall] = []
-        for i, call in enumerate(calls):
-            arguments = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
-            call_items.append(context.add_function_call(name=call.name, arguments=arguments, call_id=call.call_id or f"{utterance.handle.id}_{step}_{i}"))
-        started = trio.current_time()
-        outputs: list[FunctionCallOutput] = []
-        handoff = None
-        for item in call_items:
-            tool = host.agent.tool(item.name)
-            if tool is None:
-                output, is_error, value = f"error: there is no tool named {item.name!r}", True, None
-            else:
-                result = await tool.call(item.arguments)
-                output, is_error, value = result.output, result.is_error, result.value
-            if isinstance(value, Agent):
-                handoff = value
-                output = f"transferred to {type(value).__name__}"
-            outputs.append(context.add_function_output(name=item.name, call_id=item.call_id, output=output, is_error=is_error))
-        # What a tool said while it ran comes after the outputs (a valid history), in order.
-        context.items.extend(inline_messages)
-        inline_messages.clear()
-        utterance.note(
-            tool_calls=utterance.metrics.tool_calls + len(calls),
-            tool_seconds=utterance.metrics.tool_seconds + trio.current_time() - started,
-        )
-        committed: list[ChatItem] = [*call_items, *outputs]
-        for chat_item in committed:
-            host.emit("conversation_item_added", ConversationItemAdded(chat_item))
-        host.emit("function_tools_executed", FunctionToolsExecuted(tuple(call_items), tuple(outputs)))
-        return handoff
+        return await run_tool_calls(self.host, utterance, calls, step, inline_messages)
 
     async def _speak(self, pieces: trio.MemoryReceiveChannel[_Piece], utterance: Utterance) -> None:
         """Synthesise sentences as they come and play them; return when played out."""
