@@ -16,7 +16,7 @@ def test_public_names() -> None:
             "Agent", "AgentSession", "AgentState", "AudioFormatError", "AudioFrame", "BackgroundAudioHandlerConfig",
             "CascadingPipeline", "ChatContext", "ChatMessage", "ChatRole", "ConversationFlow", "EnergyVAD",
             "FunctionCall", "FunctionCallOutput", "FunctionTool", "MCPServerError", "MCPServerHTTP", "MCPServerStdio", "Pipeline", "ProtocolError", "ProviderError",
-            "ProviderTimeout", "SessionClosed", "SilenceTurnDetector", "ToolError", "TransportClosed", "TransportError",
+            "ProviderTimeout", "RealTimePipeline", "SessionClosed", "SilenceTurnDetector", "ToolError", "TransportClosed", "TransportError",
             "TrioAgentError", "TurnMetrics", "UserState", "UtteranceHandle", "function_tool", "serve",
         ]
     )

@@ -23,6 +23,7 @@ from .mcp import MCPServerStdio as MCPServerStdio
 from .metrics import TurnMetrics as TurnMetrics
 from .pipeline import CascadingPipeline as CascadingPipeline
 from .pipeline import Pipeline as Pipeline
+from .pipeline import RealTimePipeline as RealTimePipeline
 from .providers import EnergyVAD as EnergyVAD
 from .providers import SilenceTurnDetector as SilenceTurnDetector
 from .server import serve as serve
@@ -59,6 +60,7 @@ __all__ = [
     "ProtocolError",
     "ProviderError",
     "ProviderTimeout",
+    "RealTimePipeline",
     "SessionClosed",
     "SilenceTurnDetector",
     "ToolError",

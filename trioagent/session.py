@@ -845,6 +845,9 @@ class _Host:
     def user_turn(self, turn: UserTurn) -> None:
         self._session._submit_user_turn(turn)
 
+    async def wait_idle(self) -> None:
+        await self._session._scheduler.wait_idle()
+
     def keep_unanswered(self, turn: UserTurn) -> None:
         self._session._keep_unanswered(turn)
 

@@ -172,6 +172,12 @@ class Utterance:
         return self._voice.played_duration if self._voice is not None else 0.0
 
     @property
+    def heard_duration(self) -> float:
+        """Seconds of its audio the listener heard: what left the mixer, less what was cleared
+        from the transport before it was played."""
+        return max(0.0, self.played_duration - self._unheard)
+
+    @property
     def played_out_at(self) -> float | None:
         return self._voice.played_out_at if self._voice is not None else None
 
@@ -287,7 +293,7 @@ class Utterance:
         if voice is not None and voice.started_at is not None:
             handle.started_at = voice.started_at
         if handle.interrupted:
-            heard = self._heard(max(0.0, self.played_duration - self._unheard))
+            heard = self._heard(self.heard_duration)
         else:
             heard = {id(s): s.text for s in self._segments}
         handle.spoken_text = " ".join(t for t in (heard.get(id(s), "") for s in self._segments) if t)

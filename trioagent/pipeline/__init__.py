@@ -2,3 +2,4 @@
 
 from .base import Pipeline as Pipeline
 from .cascading import CascadingPipeline as CascadingPipeline
+from .realtime import RealTimePipeline as RealTimePipeline

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
 __all__ = ["run_tool_calls"]
 
 
-async def run_tool_calls(host: PipelineHost, utterance: Utterance, calls: list[ToolCall], step: int, inline_messages: list[ChatMessage]) -> Agent | None:
+async def run_tool_calls(
+    host: PipelineHost, utterance: Utterance, calls: list[ToolCall], step: int, inline_messages: list[ChatMessage]
+) -> tuple[Agent | None, list[FunctionCallOutput]]:
     """Run one step's tool calls in order, in the current task (the utterance's scope: a
     barge-in cancels them); put each call and its output in the chat context, then what the
-    tools said (`inline_messages`, emptied); emit the events. Returns an agent to hand over to,
-    if a tool returned one."""
+    tools said (`inline_messages`, emptied); emit the events. Returns an agent to hand over to
+    (if a tool returned one) and the outputs, in the order of the calls."""
     context = host.agent.chat_context
     call_items: list[FunctionCall] = []
     for i, call in enumerate(calls):
@@ -54,4 +56,4 @@ async def run_tool_calls(host: PipelineHost, utterance: Utterance, calls: list[T
     for chat_item in committed:
         host.emit("conversation_item_added", ConversationItemAdded(chat_item))
     host.emit("function_tools_executed", FunctionToolsExecuted(tuple(call_items), tuple(outputs)))
-    return handoff
+    return handoff, outputs

@@ -29,7 +29,8 @@ __all__ = ["Pipeline", "PipelineHost"]
 class PipelineHost(Protocol):
     """What a pipeline may use of its session (`AgentSession` gives one to `Pipeline.attach`).
 
-    None of the methods awaits; each is safe to call from any of the session's tasks.
+    None of the methods awaits but `wait_idle`; each is safe to call from any of the session's
+    tasks.
     """
 
     @property
@@ -96,6 +97,11 @@ class PipelineHost(Protocol):
     def user_turn(self, turn: UserTurn) -> None:
         """The user's turn is over: queue its answer (after any utterance that cannot be cut; a
         turn still waiting for its answer is merged into this one)."""
+        ...
+
+    async def wait_idle(self) -> None:
+        """Wait until no utterance runs or waits (a checkpoint): the input has ended, and a
+        pipeline that answers through a connection keeps it until the answers are out."""
         ...
 
     def keep_unanswered(self, turn: UserTurn) -> None:

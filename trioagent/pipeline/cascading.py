@@ -534,7 +534,8 @@ class CascadingPipeline:
 
     async def _run_tools(self, utterance: Utterance, calls: list[ToolCall], step: int, inline_messages: list[ChatMessage]) -> Any:
         """Run one step's tool calls in order; returns an agent to hand over to, if one was returned."""
-        return await run_tool_calls(self.host, utterance, calls, step, inline_messages)
+        handoff, _ = await run_tool_calls(self.host, utterance, calls, step, inline_messages)
+        return handoff
 
     async def _speak(self, pieces: trio.MemoryReceiveChannel[_Piece], utterance: Utterance) -> None:
         """Synthesise sentences as they come and play them; return when played out."""

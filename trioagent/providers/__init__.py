@@ -14,3 +14,4 @@ from .base import VADEvent as VADEvent
 from .turn import SilenceTurnDetector as SilenceTurnDetector
 from .vad import EnergyVAD as EnergyVAD
 from .silero import SileroVAD as SileroVAD
+from .openai_realtime import OpenAIRealtime as OpenAIRealtime

@@ -1,0 +1,407 @@
+"""`RealTimePipeline`: a speech-to-speech model over the OpenAI Realtime protocol.
+
+How this works. `run()` opens the model's WebSocket and owns two tasks: the input pump (the
+transport's audio, resampled to 24 kHz, appended frame by frame) and the reader (server events,
+parsed by `_proto.openai_realtime`). The server detects the user's turns (`server_vad` or
+`semantic_vad`) but is told not to answer or interrupt on its own: its `speech_started`,
+`speech_stopped` and `committed` go to the session through the `PipelineHost`, like the
+cascading pipeline's VAD and turn detector, so the session's speech queue decides who speaks
+when (a turn over a non-interruptible utterance waits its turn; a barge-in cuts only what may
+be cut).
+
+A reply or a say is one `response.create` (with instructions to say the text, for a say), run
+by the scheduler inside the utterance's cancel scope. The reader routes the events of the one
+response in flight to it; its audio goes into the utterance's voice in the session mixer (so
+fades, ducking, playout tracking work unchanged). A function call runs the agent's tool in the
+utterance's scope, then the output goes back and a new response is asked for. When the
+utterance is cut (a barge-in, `interrupt()`), the response is cancelled and its audio item
+truncated at the milliseconds the caller heard, so the model remembers what was heard; events
+of a cancelled response that are still on their way are dropped.
+
+An `error` event the server sends, a message that breaks the protocol or a dropped socket end
+the session (`session.failure`, 1011 on a server); `close()` closes the socket with 1000.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+import trio_websocket
+
+from .._proto import openai_realtime as rt
+from ..audio.frame import AudioFrame
+from ..audio.resample import StreamResampler
+from ..chat import ChatMessage
+from ..errors import ProtocolError, ProviderError, ProviderTimeout
+from ..metrics import TurnMetrics
+from ..providers.base import ToolCall
+from ..providers.openai_realtime import OpenAIRealtime
+from ..scheduler import UserSpeechEffect
+from ..utterance import UserTurn, Utterance
+from ._tools import run_tool_calls
+
+if TYPE_CHECKING:
+    from .base import PipelineHost
+
+__all__ = ["RealTimePipeline"]
+
+_log = logging.getLogger("trioagent.realtime")
+_PROVIDER = "OpenAIRealtime"
+_SEND_GRACE = 1.0  # seconds a cancel or truncate may take to send, from a cancelled reply
+_TRANSCRIPT_WAIT = 2.0  # seconds a finished reply waits for its user turn's transcript
+
+
+@attrs.define(eq=False)
+class _Response:
+    """One `response.create` in flight: the events the reader routes to the reply that asked."""
+
+    send: trio.MemorySendChannel[rt.ServerEvent]
+    id: str | None = None
+
+
+@attrs.define(eq=False)
+class _Voice:
+    """What one reply has pushed into its utterance's voice (over all its responses)."""
+
+    opened: bool = False
+    item_id: str | None = None
+    content_index: int = 0
+    item_start: float = 0.0  # the utterance's audio position where the item's audio began
+    item_audio: float = 0.0
+    unfinished: str | None = None  # a response cut before its end ("" before its id came)
+
+
+@attrs.define(eq=False)
+class RealTimePipeline:
+    """Listen, think and speak with one speech-to-speech model (see the module docstring).
+
+    Args:
+        model: the model and its server (`OpenAIRealtime`).
+        allow_interruptions: whether user speech can interrupt the agent.
+        max_tool_steps: responses that may call tools before the model must answer.
+        response_timeout: seconds to wait for a response's next event before the reply fails
+            with `ProviderTimeout` (None: no bound).
+    """
+
+    model: OpenAIRealtime = attrs.field(factory=OpenAIRealtime)
+    allow_interruptions: bool = True
+    max_tool_steps: int = 3
+    response_timeout: float | None = 15.0
+    _host: PipelineHost | None = attrs.field(init=False, default=None)
+    _ws: trio_websocket.WebSocketConnection | None = attrs.field(init=False, default=None)
+    _active: _Response | None = attrs.field(init=False, default=None)
+    _dropped: set[str] = attrs.field(init=False, factory=set)  # ids of responses cancelled
+    _origin: float | None = attrs.field(init=False, default=None)  # session time of input audio 0 ms
+    _speaking: bool = attrs.field(init=False, default=False)
+    _spoke: trio.Event = attrs.field(init=False, factory=trio.Event)  # set when the user stops speaking
+    _turn_start: float | None = attrs.field(init=False, default=None)
+    _speech_end: float | None = attrs.field(init=False, default=None)
+    _carried: UserTurn | None = attrs.field(init=False, default=None)
+    _turns: dict[str, tuple[UserTurn, trio.Event]] = attrs.field(init=False, factory=dict)
+    _declared: Any = attrs.field(init=False, default=None)
+    _unknown: set[str] = attrs.field(init=False, factory=set)
+    _closing: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.model.turn_detection is None:
+            raise ValueError("RealTimePipeline needs the server's turn detection (turn_detection='server_vad' or 'semantic_vad')")
+
+    # -- wiring ------------------------------------------------------------------------------
+    def attach(self, host: PipelineHost | None) -> None:
+        self._host = host
+
+    @property
+    def host(self) -> PipelineHost:
+        if self._host is None:
+            raise RuntimeError("the pipeline is not attached to a session")
+        return self._host
+
+    async def cleanup(self) -> None:
+        """Close the socket with 1000 (bounded by the session's close grace)."""
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            with trio.move_on_after(self.host.close_grace if self._host is not None else 2.0):
+                await ws.aclose(1000, "session closed")
+        await trio.lowlevel.checkpoint()
+
+    # -- the connection ---------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            try:
+                self._ws = await self.model.connect(nursery)
+            except (OSError, trio.TooSlowError, trio_websocket.HandshakeError) as exc:
+                raise ProviderError(
+                    f"cannot open the Realtime connection to {self.model.base_url}: {type(exc).__name__} {exc}".strip(),
+                    provider=_PROVIDER,
+                    stage="llm",
+                ) from None
+            await self._declare(force=True)
+            nursery.start_soon(self._read_events)
+            task_status.started()
+            await self._pump_input()
+            # The input is over: what the user said last is still to be answered.
+            if self._speaking:
+                await self._send(rt.audio_commit())
+                with trio.move_on_after(_TRANSCRIPT_WAIT):
+                    await self._spoke.wait()
+            await self.host.wait_idle()
+            nursery.cancel_scope.cancel(reason="input ended")
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        ws = self._ws
+        if ws is None:
+            raise RuntimeError("the Realtime connection is not open")
+        try:
+            await ws.send_message(rt.encode(event))
+        except trio_websocket.ConnectionClosed as exc:
+            raise self._closed_error(exc) from None
+
+    def _closed_error(self, exc: trio_websocket.ConnectionClosed) -> ProviderError:
+        reason = exc.reason
+        what = f"{reason.code} {reason.reason or ''}".strip() if reason is not None else "no close frame"
+        return ProviderError(f"the Realtime server closed the connection ({what})", provider=_PROVIDER, stage="llm")
+
+    async def _pump_input(self) -> None:
+        transport = self.host.transport
+        rate = transport.input_sample_rate
+        to_model = StreamResampler(rate, rt.RATE)
+        async for frame in transport.audio_in:
+            if frame.sample_rate != rate:
+                _log.error("dropped a %d Hz input frame: the transport said %d Hz", frame.sample_rate, rate)
+                continue
+            if self._origin is None:
+                self._origin = frame.timestamp
+            out = to_model.process(frame.to_mono())
+            if len(out.samples):
+                await self._send(rt.audio_append(out.to_pcm16()))
+
+    async def _read_events(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        while True:
+            try:
+                message = await ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                if self._closing:
+                    return
+                raise self._closed_error(exc) from None
+            try:
+                event = rt.parse_server(message)
+            except ProtocolError as exc:
+                raise ProviderError(f"the Realtime server broke the protocol: {exc}", provider=_PROVIDER, stage="llm") from None
+            self._dispatch(event)
+
+    # -- server events (none of the handlers awaits) --------------------------------------------
+    def _time(self, ms: int) -> float:
+        return (self._origin if self._origin is not None else 0.0) + ms / 1000
+
+    def _dispatch(self, event: rt.ServerEvent) -> None:
+        host = self.host
+        if isinstance(event, rt.SpeechStarted):
+            self._speaking = True
+            self._spoke = trio.Event()
+            self._turn_start = self._time(event.audio_start_ms)
+            effect = host.user_started_speaking(self._turn_start)
+            if effect is not UserSpeechEffect.NONE and self.allow_interruptions:
+                carried = host.interrupt_speech("barge-in")
+                if carried is not None:
+                    self._carried = carried if self._carried is None else self._carried.merge(carried)
+        elif isinstance(event, rt.SpeechStopped):
+            self._speaking = False
+            self._speech_end = self._time(event.audio_end_ms)
+            host.user_stopped_speaking(self._speech_end)
+            self._spoke.set()
+        elif isinstance(event, rt.Committed):
+            metrics = TurnMetrics(
+                turn_id=event.item_id,
+                user_speech_start=self._turn_start,
+                user_speech_end=self._speech_end,
+                end_of_turn_at=trio.current_time(),
+            )
+            turn = UserTurn("", metrics)
+            if self._carried is not None:
+                turn, self._carried = self._carried.merge(turn), None
+            self._turns[event.item_id] = (turn, trio.Event())
+            host.user_turn(turn)
+        elif isinstance(event, rt.InputTranscript):
+            host.user_transcript(event.transcript, True)
+            found = self._turns.get(event.item_id)
+            if found is not None:
+                turn, transcribed = found
+                turn.text = f"{turn.text} {event.transcript.strip()}".strip()
+                turn.metrics = attrs.evolve(turn.metrics, user_text=turn.text, stt_final_at=trio.current_time())
+                transcribed.set()
+        elif isinstance(event, rt.ResponseCreated | rt.AudioDelta | rt.TranscriptDelta | rt.FunctionCallDone | rt.ResponseDone):
+            self._route(event)
+        elif isinstance(event, rt.Error):
+            if event.benign:
+                _log.debug("Realtime server: %s (%s)", event.message, event.code)
+                return
+            raise ProviderError(f"the Realtime server reported an error: {event.type} {event.code}: {event.message}", provider=_PROVIDER, stage="llm")
+        elif event.type not in self._unknown:
+            self._unknown.add(event.type)
+            _log.debug("Realtime server event %r ignored", event.type)
+
+    def _route(self, event: rt.ResponseCreated | rt.AudioDelta | rt.TranscriptDelta | rt.FunctionCallDone | rt.ResponseDone) -> None:
+        if event.response_id in self._dropped:
+            if isinstance(event, rt.ResponseDone):
+                self._dropped.discard(event.response_id)
+            return
+        active = self._active
+        if active is not None and active.id is None and isinstance(event, rt.ResponseCreated):
+            active.id = event.response_id
+        if active is None or active.id != event.response_id:
+            _log.debug("dropped %s of response %s: not the one in flight", type(event).__name__, event.response_id)
+            return
+        active.send.send_nowait(event)
+
+    # -- answering ---------------------------------------------------------------------------
+    async def say(self, utterance: Utterance) -> None:
+        instructions = f"Say exactly this, word for word, and nothing else: {utterance.text}"
+        await self._respond(utterance, instructions=instructions, out_of_band=not utterance.add_to_chat_context)
+
+    async def reply(self, utterance: Utterance) -> None:
+        await self._respond(utterance, instructions=utterance.instructions, out_of_band=False)
+
+    async def _respond(self, utterance: Utterance, *, instructions: str | None, out_of_band: bool) -> None:
+        await self._declare()
+        voice = _Voice()
+        inline: list[ChatMessage] = []
+        finished = False
+        try:
+            for step in range(self.max_tool_steps + 1):
+                calls = await self._one_response(utterance, voice, rt.response_create(instructions=instructions, out_of_band=out_of_band))
+                if not calls:
+                    break
+                tool_calls = [ToolCall(c.name, c.arguments, c.call_id) for c in calls]
+                handoff, outputs = await run_tool_calls(self.host, utterance, tool_calls, step, inline)
+                for output in outputs:
+                    await self._send(rt.function_call_output(output.call_id, output.output))
+                if handoff is not None:
+                    self.host.hand_over(handoff)
+                    break
+                instructions = None
+            utterance.end_audio()
+            await utterance.wait_played_out()
+            finished = True
+        finally:
+            if not finished:
+                await self._cut(voice, utterance)
+        if utterance.user_turn is not None:
+            await self._commit_transcript(utterance)
+
+    async def _commit_transcript(self, utterance: Utterance) -> None:
+        """The user's words go into the chat context before the answer's (which is added when
+        the utterance settles): wait briefly for the server's transcript of the turn."""
+        turn = utterance.user_turn
+        assert turn is not None
+        events = [event for item, (known, event) in self._turns.items() if known is turn or turn.metrics.turn_id == item]
+        if self.model.transcription_model is not None and events:
+            with trio.move_on_after(_TRANSCRIPT_WAIT):
+                await events[0].wait()
+        self._turns = {k: v for k, v in self._turns.items() if v[0] is not turn}
+        if turn.text:
+            utterance.commit_user_text(turn.text)
+
+    async def _one_response(self, utterance: Utterance, voice: _Voice, create: dict[str, Any]) -> list[rt.FunctionCallDone]:
+        """Ask for one response and play it into `utterance`; returns its function calls."""
+        send, receive = trio.open_memory_channel[rt.ServerEvent](math.inf)
+        response = self._active = _Response(send)
+        text = ""
+        audio = 0.0
+        message: ChatMessage | None = None
+        calls: list[rt.FunctionCallDone] = []
+        done = False
+        try:
+            utterance.note(llm_started_at=utterance.metrics.llm_started_at or trio.current_time())
+            await self._send(create)
+            with receive:
+                while not done:
+                    with trio.move_on_after(self.response_timeout if self.response_timeout is not None else math.inf) as waited:
+                        event = await receive.receive()
+                    if waited.cancelled_caught:
+                        raise ProviderTimeout(f"the Realtime model sent nothing for {self.response_timeout:g} s", provider=_PROVIDER, stage="llm")
+                    if isinstance(event, rt.AudioDelta):
+                        if not voice.opened:
+                            utterance.open_voice(rt.RATE)
+                            voice.opened = True
+                        if event.item_id != voice.item_id:
+                            voice.item_id, voice.content_index = event.item_id, event.content_index
+                            voice.item_start, voice.item_audio = utterance.audio_position, 0.0
+                        frame = AudioFrame.from_pcm16(event.audio, rt.RATE)
+                        if utterance.metrics.llm_first_token_at is None:
+                            utterance.note(llm_first_token_at=trio.current_time())
+                        utterance.push_audio(frame)
+                        audio += frame.duration
+                        voice.item_audio += frame.duration
+                    elif isinstance(event, rt.TranscriptDelta):
+                        text += event.delta
+                        if message is None:
+                            message = utterance.begin_message(in_context=False)
+                    elif isinstance(event, rt.FunctionCallDone):
+                        calls.append(event)
+                    elif isinstance(event, rt.ResponseDone):
+                        done = True
+                        utterance.note(
+                            prompt_tokens=_add(utterance.metrics.prompt_tokens, event.input_tokens),
+                            completion_tokens=_add(utterance.metrics.completion_tokens, event.output_tokens),
+                            llm_ended_at=trio.current_time(),
+                            tts_audio_seconds=utterance.metrics.tts_audio_seconds + audio,
+                        )
+                        if event.status == "failed":
+                            raise ProviderError(f"the Realtime model failed the response: {event.reason or 'no reason given'}", provider=_PROVIDER, stage="llm")
+        finally:
+            self._active = None
+            if message is not None or audio:
+                message = message or utterance.begin_message(in_context=False)
+                message.content = text.strip()
+                utterance.spoken(message.content, audio, message)
+            if not done:
+                voice.unfinished = response.id or ""
+                if response.id is not None:
+                    self._dropped.add(response.id)  # (its events still on the way are dropped)
+        return calls
+
+    async def _cut(self, voice: _Voice, utterance: Utterance) -> None:
+        """The reply was cut (a barge-in, `interrupt()`, a failure): stop the response still
+        being made, and truncate the audio item at what the caller heard, so that the model
+        remembers only that."""
+        with trio.move_on_after(_SEND_GRACE, shield=True):
+            try:
+                if voice.unfinished is not None:
+                    await self._send(rt.response_cancel(voice.unfinished or None))
+                if voice.item_id is not None:
+                    heard = min(voice.item_audio, max(0.0, utterance.heard_duration - voice.item_start))
+                    if heard < voice.item_audio - 1e-6:
+                        await self._send(rt.item_truncate(voice.item_id, voice.content_index, round(heard * 1000)))
+            except ProviderError:
+                pass  # the socket is gone: the reader reports that
+
+    async def _declare(self, *, force: bool = False) -> None:
+        """Send `session.update` when the agent (after a hand-over), its instructions or its
+        tools (MCP tools included) changed since the last one."""
+        agent = self.host.agent
+        tools = agent.tools
+        key = (id(agent), agent.instructions, tuple((t.name, t.description, repr(t.parameters)) for t in tools))
+        if key == self._declared and not force:
+            return
+        self._declared = key
+        declared = [{"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters} for t in tools]
+        await self._send(
+            rt.session_update(
+                instructions=agent.instructions,
+                voice=self.model.voice,
+                tools=declared,
+                turn_detection=self.model.turn_detection_config(),
+                transcription_model=self.model.transcription_model,
+            )
+        )
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else a + b
