@@ -147,7 +147,7 @@ class FakeRealtime:
         if entry == "drop":
             task_status.started()
             assert self._ws is not None
-            await self._ws.stream.aclose()  # (no close frame: the TCP connection just goes)
+            await self._ws._stream.aclose()  # (no close frame: the TCP connection just goes)
             return
         await self._send(self._events.response_created(response_id))
         task_status.started()

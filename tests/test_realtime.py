@@ -62,3 +62,92 @@ async def test_a_spoken_question_gets_the_models_audio(autojump_clock: trio.test
     assert m.user_speech_end == pytest.approx(1.0, abs=0.02) and m.end_of_turn_at == at(1.52)  # (the fake VAD works in chunks)
     assert m.completion_tokens == 3 and m.prompt_tokens == 10
     check_client_events(fake)
+
+
+LONG = " ".join(["word"] * 20)  # 5 s of the model's voice
+
+
+async def test_a_barge_in_cancels_the_response_and_truncates_at_what_was_heard(autojump_clock: trio.testing.MockClock) -> None:
+    fake = FakeRealtime([LONG, "Yes?"], transcripts=["tell me a story", "wait"], paced=True)
+    session, transport = realtime_session(fake)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        async with session:
+            await transport.send_user_audio(speech(1.0))
+            await transport.send_user_audio(silence(1.5))  # the story plays from 1.52
+            await transport.send_user_audio(speech(0.6))  # 2.5 .. 3.1: the server hears it start
+            await transport.send_user_audio(silence(2.0))
+    (cancel,) = fake.of("response.cancel")
+    assert cancel["response_id"] == "resp_1"
+    (truncate,) = fake.of("conversation.item.truncate")
+    assert truncate["item_id"] == "resp_1_item" and truncate["content_index"] == 0
+    (s1, e1), (s2, _) = transport.voice_segments()
+    assert s1 == about(1.52)
+    heard_ms = truncate["audio_end_ms"]
+    assert abs(heard_ms - (e1 - s1) * 1000) <= 20  # what left the mixer before the cut
+    assert fake.times("conversation.item.truncate")[0] - fake.times("input_audio_buffer.append")[0] < 3.1
+    assert 2.5 < e1 < 2.56  # silent within a tick and a fade of the server's speech_started
+    # The story is in the chat context as far as it was heard, then the new turn's answer.
+    assistant = [m for m in session.agent.chat_context.messages if m.role is ChatRole.ASSISTANT]
+    assert assistant[0].interrupted and 0 < len(assistant[0].content.split()) < 20
+    assert assistant[1].content == "Yes?"
+    check_client_events(fake)
+
+
+class Weather(Agent):
+    def __init__(self) -> None:
+        super().__init__(instructions="Weather bot.")
+
+    @function_tool
+    async def get_weather(self, city: str) -> dict[str, Any]:
+        """Current weather for a city."""
+        await trio.sleep(0.5)
+        return {"city": city, "sky": "sunny"}
+
+
+async def test_a_function_call_runs_the_tool_and_its_output_goes_back(autojump_clock: trio.testing.MockClock) -> None:
+    fake = FakeRealtime([ToolCall("get_weather", {"city": "Paris"}, "call_1"), "It is sunny."], transcripts=["weather in paris"])
+    session, transport = realtime_session(fake, Weather())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        async with session:
+            await transport.send_user_audio(speech(1.0))
+            await transport.send_user_audio(silence(3.0))
+    tools = fake.of("session.update")[0]["session"]["tools"]
+    assert tools == [{"type": "function", "name": "get_weather", "description": "Current weather for a city.", "parameters": Weather().tools[0].parameters}]
+    (output,) = fake.of("conversation.item.create")
+    assert output["item"] == {"type": "function_call_output", "call_id": "call_1", "output": '{"city": "Paris", "sky": "sunny"}'}
+    assert fake.times("response.create") == [at(1.52), at(2.02)]  # again once the tool (0.5 s) answered
+    assert transport.voice_segments()[0][0] == about(2.02)
+    outputs = [i for i in session.agent.chat_context.items if isinstance(i, FunctionCallOutput)]
+    assert [(o.name, o.call_id) for o in outputs] == [("get_weather", "call_1")]
+    assert session.metrics[0].tool_calls == 1
+    check_client_events(fake)
+
+
+async def test_say_asks_for_exactly_that_text(autojump_clock: trio.testing.MockClock) -> None:
+    fake = FakeRealtime(["Welcome to the line."])
+    session, _ = realtime_session(fake)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        async with session:
+            handle = await session.say("Welcome to the line.")
+            await handle
+            assert not handle.interrupted
+    (create,) = fake.of("response.create")
+    assert create["response"]["instructions"].endswith(": Welcome to the line.")
+    check_client_events(fake)
+
+
+@pytest.mark.parametrize(("entry", "message"), [("error", "reported an error: server_error internal: the model is overloaded"), ("drop", "closed the connection")])
+async def test_an_error_event_or_a_dropped_socket_ends_the_session(autojump_clock: trio.testing.MockClock, entry: str, message: str) -> None:
+    fake = FakeRealtime([entry], transcripts=["hello"])
+    session, transport = realtime_session(fake)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        async with session:
+            await transport.send_user_audio(speech(1.0))
+            transport.send_user_audio_nowait(silence(1.0))
+            await session.wait_closed()
+    assert isinstance(session.failure, ProviderError) and message in str(session.failure)
+    assert session.failure.stage == "llm"

@@ -199,6 +199,16 @@ class Utterance:
         of audio."""
         self._segments.append(_Segment(text, duration, message))
 
+    def spoken_so_far(self, text: str, duration: float, message: ChatMessage) -> None:
+        """All of `message` pushed so far is `text` over `duration` seconds of audio (for audio
+        and text that stream side by side, as from a speech-to-speech model): replaces what an
+        earlier call said of the same message, so an interruption keeps the heard share."""
+        last = self._segments[-1] if self._segments else None
+        if last is not None and last.message is message:
+            last.text, last.duration = text, duration
+        else:
+            self._segments.append(_Segment(text, duration, message))
+
     def commit_user_text(self, text: str) -> ChatMessage:
         """Put the user's turn into the chat context (once: a merged turn updates its message)."""
         turn = self.user_turn

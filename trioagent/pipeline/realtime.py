@@ -35,7 +35,7 @@ import trio_websocket
 from .._proto import openai_realtime as rt
 from ..audio.frame import AudioFrame
 from ..audio.resample import StreamResampler
-from ..chat import ChatMessage
+from ..chat import ChatMessage, ChatRole
 from ..errors import ProtocolError, ProviderError, ProviderTimeout
 from ..metrics import TurnMetrics
 from ..providers.base import ToolCall
@@ -52,7 +52,7 @@ __all__ = ["RealTimePipeline"]
 _log = logging.getLogger("trioagent.realtime")
 _PROVIDER = "OpenAIRealtime"
 _SEND_GRACE = 1.0  # seconds a cancel or truncate may take to send, from a cancelled reply
-_TRANSCRIPT_WAIT = 2.0  # seconds a finished reply waits for its user turn's transcript
+_LAST_WORDS = 2.0  # seconds to wait, once the input has ended, for the server to end a turn
 
 
 @attrs.define(eq=False)
@@ -101,7 +101,9 @@ class RealTimePipeline:
     _turn_start: float | None = attrs.field(init=False, default=None)
     _speech_end: float | None = attrs.field(init=False, default=None)
     _carried: UserTurn | None = attrs.field(init=False, default=None)
-    _turns: dict[str, tuple[UserTurn, trio.Event]] = attrs.field(init=False, factory=dict)
+    _turns: dict[str, UserTurn] = attrs.field(init=False, factory=dict)  # committed, not transcribed yet
+    _replying: Utterance | None = attrs.field(init=False, default=None)
+    _answered: set[UserTurn] = attrs.field(init=False, factory=set)  # replied to before their transcript came
     _declared: Any = attrs.field(init=False, default=None)
     _unknown: set[str] = attrs.field(init=False, factory=set)
     _closing: bool = attrs.field(init=False, default=False)
@@ -147,7 +149,7 @@ class RealTimePipeline:
             # The input is over: what the user said last is still to be answered.
             if self._speaking:
                 await self._send(rt.audio_commit())
-                with trio.move_on_after(_TRANSCRIPT_WAIT):
+                with trio.move_on_after(_LAST_WORDS):
                     await self._spoke.wait()
             await self.host.wait_idle()
             nursery.cancel_scope.cancel(reason="input ended")
@@ -178,7 +180,10 @@ class RealTimePipeline:
                 self._origin = frame.timestamp
             out = to_model.process(frame.to_mono())
             if len(out.samples):
-                await self._send(rt.audio_append(out.to_pcm16()))
+                try:
+                    await self._send(rt.audio_append(out.to_pcm16()))
+                except ProviderError:
+                    await trio.sleep_forever()  # the socket is gone: the reader says so, once
 
     async def _read_events(self) -> None:
         ws = self._ws
@@ -226,16 +231,20 @@ class RealTimePipeline:
             turn = UserTurn("", metrics)
             if self._carried is not None:
                 turn, self._carried = self._carried.merge(turn), None
-            self._turns[event.item_id] = (turn, trio.Event())
+            self._turns[event.item_id] = turn
             host.user_turn(turn)
         elif isinstance(event, rt.InputTranscript):
             host.user_transcript(event.transcript, True)
-            found = self._turns.get(event.item_id)
-            if found is not None:
-                turn, transcribed = found
-                turn.text = f"{turn.text} {event.transcript.strip()}".strip()
-                turn.metrics = attrs.evolve(turn.metrics, user_text=turn.text, stt_final_at=trio.current_time())
-                transcribed.set()
+            pending = self._turns.pop(event.item_id, None)
+            if pending is not None:
+                pending.text = f"{pending.text} {event.transcript.strip()}".strip()
+                pending.metrics = attrs.evolve(pending.metrics, user_text=pending.text, stt_final_at=trio.current_time())
+                replying = self._replying
+                if replying is not None and replying.user_turn is pending:
+                    replying.commit_user_text(pending.text)  # (before the answer: that goes in when heard)
+                elif pending in self._answered:
+                    self._answered.discard(pending)
+                    host.agent.chat_context.add_message(role=ChatRole.USER, content=pending.text)  # (late: after its answer)
         elif isinstance(event, rt.ResponseCreated | rt.AudioDelta | rt.TranscriptDelta | rt.FunctionCallDone | rt.ResponseDone):
             self._route(event)
         elif isinstance(event, rt.Error):
@@ -270,6 +279,10 @@ class RealTimePipeline:
 
     async def _respond(self, utterance: Utterance, *, instructions: str | None, out_of_band: bool) -> None:
         await self._declare()
+        turn = utterance.user_turn
+        if turn is not None and turn.text:
+            utterance.commit_user_text(turn.text)
+        self._replying = utterance
         voice = _Voice()
         inline: list[ChatMessage] = []
         finished = False
@@ -290,23 +303,11 @@ class RealTimePipeline:
             await utterance.wait_played_out()
             finished = True
         finally:
+            self._replying = None
+            if turn is not None and turn.message is None:
+                self._answered.add(turn)  # its transcript has not come yet
             if not finished:
                 await self._cut(voice, utterance)
-        if utterance.user_turn is not None:
-            await self._commit_transcript(utterance)
-
-    async def _commit_transcript(self, utterance: Utterance) -> None:
-        """The user's words go into the chat context before the answer's (which is added when
-        the utterance settles): wait briefly for the server's transcript of the turn."""
-        turn = utterance.user_turn
-        assert turn is not None
-        events = [event for item, (known, event) in self._turns.items() if known is turn or turn.metrics.turn_id == item]
-        if self.model.transcription_model is not None and events:
-            with trio.move_on_after(_TRANSCRIPT_WAIT):
-                await events[0].wait()
-        self._turns = {k: v for k, v in self._turns.items() if v[0] is not turn}
-        if turn.text:
-            utterance.commit_user_text(turn.text)
 
     async def _one_response(self, utterance: Utterance, voice: _Voice, create: dict[str, Any]) -> list[rt.FunctionCallDone]:
         """Ask for one response and play it into `utterance`; returns its function calls."""
@@ -341,8 +342,10 @@ class RealTimePipeline:
                         voice.item_audio += frame.duration
                     elif isinstance(event, rt.TranscriptDelta):
                         text += event.delta
-                        if message is None:
-                            message = utterance.begin_message(in_context=False)
+                    if isinstance(event, rt.AudioDelta | rt.TranscriptDelta):
+                        message = message or utterance.begin_message(in_context=False)
+                        message.content = text.strip()
+                        utterance.spoken_so_far(message.content, audio, message)
                     elif isinstance(event, rt.FunctionCallDone):
                         calls.append(event)
                     elif isinstance(event, rt.ResponseDone):
@@ -357,10 +360,6 @@ class RealTimePipeline:
                             raise ProviderError(f"the Realtime model failed the response: {event.reason or 'no reason given'}", provider=_PROVIDER, stage="llm")
         finally:
             self._active = None
-            if message is not None or audio:
-                message = message or utterance.begin_message(in_context=False)
-                message.content = text.strip()
-                utterance.spoken(message.content, audio, message)
             if not done:
                 voice.unfinished = response.id or ""
                 if response.id is not None:
