@@ -51,6 +51,7 @@ class FakeRealtime:
         self.threshold = threshold
         self.listener = MemoryListener()
         self.received: list[tuple[float, dict[str, Any]]] = []
+        self.sent: list[tuple[float, str]] = []  # (time, type) of each event sent
         self.close_code: int | None = None
         self.headers: dict[str, str] = {}
         self.path = ""
@@ -91,6 +92,7 @@ class FakeRealtime:
 
     async def _send(self, event: dict[str, Any]) -> None:
         assert self._ws is not None
+        self.sent.append((trio.current_time(), event["type"]))
         await self._ws.send_message(json.dumps(event))
 
     async def _handle(self, event: dict[str, Any], nursery: trio.Nursery) -> None:

@@ -151,3 +151,24 @@ async def test_an_error_event_or_a_dropped_socket_ends_the_session(autojump_cloc
             await session.wait_closed()
     assert isinstance(session.failure, ProviderError) and message in str(session.failure)
     assert session.failure.stage == "llm"
+
+
+async def test_mcp_tools_are_declared_to_the_model_and_called(autojump_clock: trio.testing.MockClock) -> None:
+    import sys
+
+    from trioagent import MCPServerStdio
+
+    pytest.importorskip("mcp_server_time")
+    agent = Agent("Time bot.", mcp_servers=[MCPServerStdio(sys.executable, ["-m", "mcp_server_time", "--local-timezone", "UTC"], name="time")])
+    fake = FakeRealtime([ToolCall("get_current_time", {"timezone": "Asia/Tokyo"}, "call_t"), "Noted."], transcripts=["time in tokyo"])
+    session, transport = realtime_session(fake, agent)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        async with session:
+            await transport.send_user_audio(speech(1.0))
+            await transport.send_user_audio(silence(2.0))
+    declared = [t["name"] for t in fake.of("session.update")[0]["session"]["tools"]]
+    assert declared == ["get_current_time", "convert_time"]
+    (output,) = fake.of("conversation.item.create")
+    assert output["item"]["call_id"] == "call_t" and '"timezone": "Asia/Tokyo"' in output["item"]["output"]
+    check_client_events(fake)

@@ -327,6 +327,8 @@ class RealTimePipeline:
                         event = await receive.receive()
                     if waited.cancelled_caught:
                         raise ProviderTimeout(f"the Realtime model sent nothing for {self.response_timeout:g} s", provider=_PROVIDER, stage="llm")
+                    # (a value taken just as the utterance was cut must not reach its closed voice)
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     if isinstance(event, rt.AudioDelta):
                         if not voice.opened:
                             utterance.open_voice(rt.RATE)
