@@ -172,3 +172,78 @@ async def test_mcp_tools_are_declared_to_the_model_and_called(autojump_clock: tr
     (output,) = fake.of("conversation.item.create")
     assert output["item"]["call_id"] == "call_t" and '"timezone": "Asia/Tokyo"' in output["item"]["output"]
     check_client_events(fake)
+
+
+# -- trioagent as the Realtime server ---------------------------------------------------------------
+
+
+async def test_the_realtime_pipeline_talks_to_trioagents_own_realtime_server(autojump_clock: trio.testing.MockClock) -> None:
+    """trioagent on both ends: a RealTimePipeline session (the client) speaks to a server whose
+    agent runs the cascading pipeline; every server event is checked against the SDK's models."""
+    from trioagent.auth import mint_token
+
+    from .netkit import SECRET, start_memory_server
+
+    server_event: TypeAdapter[Any] = TypeAdapter(openai_realtime.RealtimeServerEvent)
+    seen: list[dict[str, Any]] = []
+    async with trio.open_nursery() as nursery:
+        server, listener = await start_memory_server(nursery)
+
+        async def recording_stream() -> trio.abc.Stream:
+            return _Tap(await listener.connect(), seen)
+
+        model = OpenAIRealtime(base_url="http://localhost/v1", api_key=mint_token(SECRET), open_stream=recording_stream)
+        transport = MemoryTransport(input_sample_rate=16000, output_sample_rate=24000)
+        session = AgentSession(Agent("The client side."), RealTimePipeline(model=model), transport=transport)
+        async with session:
+            await transport.send_user_audio(speech(1.0))
+            await transport.send_user_audio(silence(3.0))
+        assert server.sessions_started == 1
+        nursery.cancel_scope.cancel()
+    messages = [(m.role, m.content) for m in session.agent.chat_context.messages]
+    assert messages[1:] == [(ChatRole.USER, "hello agent"), (ChatRole.ASSISTANT, "Hi there. How can I help?")]
+    (start, end), = transport.voice_segments()
+    assert end - start == pytest.approx(1.5, abs=0.05)  # ToneTTS: six words, 0.25 s each
+    kinds = [e["type"] for e in seen]
+    assert kinds[0] == "session.created" and "session.updated" in kinds and "response.done" in kinds
+    for event in seen:
+        server_event.validate_python(event)
+
+
+class _Tap(trio.abc.Stream):
+    """A client stream that also decodes the server's WebSocket text frames (unmasked,
+    unfragmented, as trioagent's server sends them) into `seen`."""
+
+    def __init__(self, inner: trio.abc.Stream, seen: list[dict[str, Any]]) -> None:
+        import json
+
+        import wsproto.frame_protocol as fp
+
+        self.inner = inner
+        self.seen = seen
+        self._json = json
+        self._proto = fp.FrameProtocol(client=True, extensions=[])
+        self._handshake = b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        chunk = bytes(data)
+        if b"\r\n\r\n" not in self._handshake:
+            self._handshake += chunk
+            if b"\r\n\r\n" not in self._handshake:
+                return data
+            chunk = self._handshake.split(b"\r\n\r\n", 1)[1]
+        self._proto.receive_bytes(chunk)
+        for frame in self._proto.received_frames():
+            if frame.opcode.name == "TEXT":
+                self.seen.append(self._json.loads(frame.payload))
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -24,6 +24,8 @@ class AgentSessionAPI(Protocol):
     @property
     def agent_state(self) -> AgentState: ...
 
+    answer_turns: bool
+
     @property
     def user_state(self) -> UserState: ...
 

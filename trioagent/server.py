@@ -35,11 +35,13 @@ from .errors import CloseCode, ProtocolError
 from .mcp import MCPServerError
 from .pipeline.base import Pipeline
 from .session import AgentSession
-from .transports.websocket import BrowserTransport, TwilioTransport, _WebSocketTransport
+from .transports.websocket import BrowserTransport, RealtimeTransport, TwilioTransport, _WebSocketTransport
 
 __all__ = ["serve", "Server", "AgentFactory"]
 
 _log = logging.getLogger("trioagent.server")
+REALTIME_PATHS = ("/v1/realtime", "/realtime")
+"""Where OpenAI Realtime clients connect (an SDK given base_url http://host:port/v1 asks for /v1/realtime)."""
 
 # The peer went away (reset, closed, broken pipe): ends that connection, is not an error.
 _PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed, h11.ProtocolError)
@@ -256,7 +258,7 @@ class Server:
             else:
                 await self._plain(stream, 405, b"method not allowed", extra=[("allow", "GET, HEAD")])
             return None
-        if path.path not in ("/ws", "/twilio"):
+        if path.path not in ("/ws", "/twilio", *REALTIME_PATHS):
             await self._plain(stream, 404, b"not found")
             return None
         problem = _handshake_problem(request.method, headers, upgrade)
@@ -270,6 +272,9 @@ class Server:
             self._refuse("origin")
             await self._plain(stream, 403, b"origin not allowed")
             return None
+        bearer = headers.get(b"authorization", b"")
+        if path.path in REALTIME_PATHS and bearer[:7].lower() == b"bearer ":
+            query["token"] = bearer[7:].decode("latin-1").strip()  # (Realtime clients send the key so)
         return path.path, query, head
 
     async def _read_request(self, stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes]:
@@ -361,6 +366,13 @@ class Server:
         ready = bp.message("ready", sample_rate=hello.sample_rate, output_sample_rate=hello.output_sample_rate)
         return BrowserTransport(conn.ws, hello), ready
 
+    def _realtime_start(self, conn: _Connection, query: dict[str, str]) -> tuple[_WebSocketTransport, str | None]:
+        """An OpenAI Realtime client: the token came as its Bearer key; `session.created` is the
+        ready message."""
+        self._check_token(query.get("token"))
+        transport = RealtimeTransport(conn.ws)
+        return transport, transport.session_created()
+
     async def _twilio_start(self, conn: _Connection, query: dict[str, str]) -> tuple[_WebSocketTransport, str | None]:
         transport = TwilioTransport(conn.ws)
         # Read up to `start` here, so the token is checked before any session exists.
@@ -393,13 +405,18 @@ class Server:
     async def _run_session(self, conn: _Connection, path: str, query: dict[str, str]) -> tuple[int, str]:
         # Before the session: the hello (or Twilio's start) and the factory. A drain cancels it.
         with conn.starting:
-            transport, ready = await (self._browser_hello(conn, query) if path == "/ws" else self._twilio_start(conn, query))
+            if path == "/ws":
+                transport, ready = await self._browser_hello(conn, query)
+            elif path == "/twilio":
+                transport, ready = await self._twilio_start(conn, query)
+            else:
+                transport, ready = self._realtime_start(conn, query)
             agent, pipeline = await self._make_agent()
         if conn.starting.cancelled_caught:
             return CloseCode.GOING_AWAY, "server shutting down"
         clock = min(self._clocks, key=self._clocks.__getitem__)
         session = AgentSession(agent, pipeline, transport=transport, tick_clock=clock)
-        if isinstance(transport, BrowserTransport):
+        if isinstance(transport, BrowserTransport | RealtimeTransport):
             transport.attach(session)
         if self.on_session is not None:
             self.on_session(session)  # e.g. to subscribe to its events, before it starts

@@ -67,6 +67,9 @@ class AgentSession(EventEmitter):
         transport: where audio comes from and goes to (default: no input, output discarded).
         close_grace: bound on the graceful part of `close()`, in seconds.
         close_on_input_end: close once the transport's input ends and the agent has finished.
+        answer_turns: answer each user turn (False: the user's words go into the chat context
+            and the answer waits for `reply()`, as a Realtime client with `create_response`
+            off asks). May be changed while the session runs.
         tick_clock: a clock shared by many sessions of one process (see `TickClock`); by
             default the session's mixer keeps its own time.
 
@@ -110,6 +113,7 @@ class AgentSession(EventEmitter):
         transport: Transport | None = None,
         close_grace: float = 2.0,
         close_on_input_end: bool = True,
+        answer_turns: bool = True,
         tick_clock: TickClock | None = None,
     ) -> None:
         super().__init__()
@@ -123,6 +127,7 @@ class AgentSession(EventEmitter):
         self.transport: Transport = transport if transport is not None else NullTransport()
         self.close_grace = close_grace
         self.close_on_input_end = close_on_input_end
+        self.answer_turns = answer_turns
         self.tick_clock = tick_clock
         self.on_wake_up: Callable[[], Any] | None = None
         self.mixer = Mixer(sample_rate=self.transport.output_sample_rate)
@@ -532,6 +537,9 @@ class AgentSession(EventEmitter):
         if self._close_started:
             return
         self.emit("on_speech_in", {"text": turn.text, "start": turn.metrics.user_speech_start, "end": turn.metrics.user_speech_end})
+        if not self.answer_turns:
+            self._keep_unanswered(turn)
+            return
         waiting = self._scheduler.queue.waiting_user_turn()
         if waiting is not None:
             # The user spoke again before the last turn was even started: one turn, one answer.

@@ -23,19 +23,22 @@ import trio
 import trio_websocket
 
 from .._proto import browser as bp
+from .._proto import openai_realtime as rt
 from .._proto.twilio import TwilioDtmf, TwilioMark, TwilioMedia, TwilioProtocol, TwilioStart, TwilioStop
 from ..audio.frame import FRAME_DURATION, AudioFrame
+from ..chat import ChatMessage, ChatRole
 from ..errors import CloseCode, ProtocolError
 
 if TYPE_CHECKING:
     from ..agent import AgentSessionAPI
 
-__all__ = ["BrowserTransport", "TwilioTransport"]
+__all__ = ["BrowserTransport", "RealtimeTransport", "TwilioTransport"]
 
 _log = logging.getLogger("trioagent.transports.websocket")
 
 _MAX_PENDING_MARKS = 64  # 12.8 s of audio at one mark per 200 ms
 _MAX_CONTROL_OUT = 256  # control messages waiting for a peer that does not read: beyond, the oldest go
+_ANSWER = "Answer the user."
 INPUT_QUEUE = 500  # 10 s of 20 ms input frames waiting for the session: beyond, reading waits
 
 
@@ -356,3 +359,148 @@ class TwilioTransport(_WebSocketTransport):
         elif isinstance(event, TwilioStop):
             self.hung_up = True
             self._in_send.close()
+
+
+class RealtimeTransport(_WebSocketTransport):
+    """The OpenAI Realtime protocol, server side: any Realtime client talks to the session.
+
+    The client's `input_audio_buffer.append` audio (PCM16, 24 kHz) is the input; the session's
+    own pipeline hears it, decides turns and answers. Its events become the server events a
+    Realtime client expects: the user's speech (`speech_started` / `speech_stopped`, then
+    `committed` and the transcript), and each thing the agent says as one response (its text as
+    the transcript, the mixer's audio as `response.output_audio.delta` while it is heard, then
+    `response.done`, `cancelled` when it was cut). `response.create` asks the agent to reply,
+    `response.cancel` interrupts it; `session.update` is acknowledged.
+    """
+
+    input_sample_rate = rt.RATE
+    output_sample_rate = rt.RATE
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, **options: Any) -> None:
+        options.setdefault("mark_every", 0)  # (Realtime clients echo no marks)
+        super().__init__(ws, **options)
+        self.events = rt.ServerEvents()
+        self._origin: float | None = None  # session time of input audio 0 ms
+        self._items = 0
+        self._user_item: str | None = None
+        self._response: tuple[str, str] | None = None  # (response id, item id) being heard
+        self._cut = False
+
+    def session_created(self) -> str:
+        """The first message: `session.created`."""
+        return rt.encode(self.events.session("session.created", self._session_config()))
+
+    def _session_config(self) -> dict[str, Any]:
+        pcm = {"type": "audio/pcm", "rate": rt.RATE}
+        return {"type": "realtime", "object": "realtime.session", "id": f"sess_{id(self):x}", "output_modalities": ["audio"],
+                "audio": {"input": {"format": pcm}, "output": {"format": pcm}}}  # fmt: skip
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        self.send_control(rt.encode(event))
+
+    def _ms(self) -> int:
+        return max(0, round((trio.current_time() - (self._origin if self._origin is not None else trio.current_time())) * 1000))
+
+    def attach(self, session: AgentSessionAPI) -> None:
+        """Turn the session's events into the client's server events."""
+        self._session = weakref.ref(session)
+        session.on("user_state_changed", self._on_user_state)
+        session.on("agent_state_changed", self._on_agent_state)
+        session.on("conversation_item_added", self._on_item)
+        session.on("on_speech_out", self._on_speech_out)
+        session.on("error", lambda e: self._emit(self.events.error("server_error", e.stage or "agent", e.reason)))
+
+    def _on_user_state(self, data: dict[str, Any]) -> None:
+        if data["state"] == "speaking" and self._user_item is None:
+            self._items += 1
+            self._user_item = f"item_user_{self._items}"
+            self._emit(self.events.speech_started(self._ms(), self._user_item))
+        elif data["state"] != "speaking" and self._user_item is not None:
+            self._emit(self.events.speech_stopped(self._ms(), self._user_item))
+
+    def _on_item(self, event: Any) -> None:
+        item = event.item
+        if not (isinstance(item, ChatMessage) and item.role is ChatRole.USER):
+            return
+        self._items += 1
+        item_id, self._user_item = self._user_item or f"item_user_{self._items}", None
+        self._emit(self.events.committed(item_id))
+        self._emit(self.events.input_transcript(item_id, item.content))
+
+    def _on_speech_out(self, data: dict[str, Any]) -> None:
+        self._finish_response()
+        response_id, item_id = f"resp_{data['utterance_id']}", f"item_{data['utterance_id']}"
+        self._response, self._cut = (response_id, item_id), False
+        self._emit(self.events.response_created(response_id))
+        if data.get("text"):
+            self._emit(self.events.transcript_delta(response_id, item_id, data["text"]))
+
+    def _on_agent_state(self, data: dict[str, Any]) -> None:
+        if data["state"] != "speaking":
+            self._finish_response()
+
+    def _finish_response(self) -> None:
+        if self._response is None:
+            return
+        (response_id, item_id), self._response = self._response, None
+        self._emit(self.events.audio_done(response_id, item_id))
+        self._emit(self.events.response_done(response_id, "cancelled" if self._cut else "completed", reason="turn_detected" if self._cut else None))
+
+    async def send_audio(self, frame: AudioFrame) -> None:
+        if self._response is None:
+            await trio.lowlevel.checkpoint()  # nothing is being said: no response to carry it
+            return
+        await super().send_audio(frame)
+
+    def _audio_message(self, frame: AudioFrame) -> str:
+        assert self._response is not None
+        response_id, item_id = self._response
+        return rt.encode(self.events.audio_delta(response_id, item_id, frame.to_pcm16()))
+
+    def _mark_message(self, name: str) -> str:
+        raise AssertionError("no marks on a Realtime connection")
+
+    def clear(self) -> None:
+        self._drop_queued_audio()
+        if self._response is not None:
+            self._cut = True
+            self._finish_response()
+
+    async def receive(self, message: str | bytes) -> None:
+        event = rt.parse_client(message)
+        kind = event["type"]
+        if kind == "input_audio_buffer.append":
+            if self._origin is None:
+                self._origin = trio.current_time()
+            await self._deliver(np.frombuffer(rt.appended_audio(event), "<i2"))
+            return
+        self._count_control()
+        session = self.session
+        if kind == "session.update":
+            config = self._session_config()
+            update = event.get("session")
+            if isinstance(update, dict):
+                config.update({k: v for k, v in update.items() if k in ("instructions", "tools", "tool_choice")})
+                detection = _dig(update, "audio", "input", "turn_detection")
+                if isinstance(detection, dict) and session is not None:
+                    # The client asks for responses itself (`create_response` off): the agent
+                    # hears each turn but answers on `response.create`.
+                    session.answer_turns = detection.get("create_response", True) is not False
+            self._emit(self.events.session("session.updated", config))
+        elif kind == "response.create" and session is not None:
+            response = event.get("response")
+            instructions = response.get("instructions") if isinstance(response, dict) else None
+            # (a reply needs instructions: without any, it is to answer what the user said)
+            await session.reply(instructions if isinstance(instructions, str) and instructions else _ANSWER, wait_for_playback=False)
+        elif kind == "response.cancel" and session is not None:
+            session.interrupt()
+        elif kind not in ("input_audio_buffer.commit", "input_audio_buffer.clear", "conversation.item.truncate",
+                          "conversation.item.create", "output_audio_buffer.clear", "response.cancel", "response.create"):  # fmt: skip
+            self._emit(self.events.error("invalid_request_error", "unknown_event", f"{kind!r} is not an event this server takes"))
+
+
+def _dig(value: Any, *keys: str) -> Any:
+    """``value[k1][k2]...``, or None where a level is missing or not an object."""
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
