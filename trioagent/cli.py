@@ -99,7 +99,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     fmt = _Help
     parser = argparse.ArgumentParser(prog="trioagent", description="Real-time voice agents on trio.", formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"trioagent {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,serve,console,token}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,serve,realtime-server,console,token}")
     commands: dict[str, argparse.ArgumentParser] = {}
 
     demo = sub.add_parser(
@@ -127,24 +127,34 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     srv = sub.add_parser(
         "serve",
-        help="serve an agent to browsers (/ws, page at /) and Twilio (/twilio)",
+        help="serve an agent to browsers (/ws, page at /), Twilio (/twilio) and Realtime clients",
         description="Serve one agent session per connection: a web page at /, the browser protocol on /ws, Twilio "
-        "Media Streams on /twilio (docs/protocol.md). FACTORY is module:callable returning (agent, pipeline); it "
-        "is called once at start-up to check it works. SIGTERM drains (stop accepting, --grace, then close); "
-        "Ctrl-C does the same and exits 130.",
+        "Media Streams on /twilio (docs/protocol.md), the OpenAI Realtime protocol on /v1/realtime. FACTORY is "
+        "module:callable returning (agent, pipeline); it is called once at start-up to check it works. SIGTERM "
+        "drains (stop accepting, --grace, then close); Ctrl-C does the same and exits 130.",
         formatter_class=fmt,
     )
-    srv.add_argument("factory", help="module:callable returning (agent, pipeline), e.g. trioagent.demo:agent_factory")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    srv.add_argument("--port", type=_port, default=8765, help="port to listen on (0: any free port)")
-    srv.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default: $TRIOAGENT_SECRET)")
-    srv.add_argument("--insecure", action="store_true", help="accept sessions without a token (development only)")
-    srv.add_argument("--origin", action="append", help="allowed browser Origin (repeat; default: any)")
-    srv.add_argument("--max-sessions", type=int, default=200, help="sessions at once; more get close 1013")
-    srv.add_argument("--grace", type=_positive, default=10.0, help="seconds running sessions get on SIGTERM")
-    srv.add_argument("--factory-timeout", type=_positive, default=10.0, help="seconds the factory may take for a session (then close 1011)")
-    srv.set_defaults(handler=_serve)
-    commands["serve"] = srv
+    rts = sub.add_parser(
+        "realtime-server",
+        help="serve an agent to any OpenAI Realtime client (/v1/realtime)",
+        description="Serve the OpenAI Realtime protocol on ws://HOST:PORT/v1/realtime: point a Realtime client's "
+        "base_url at http://HOST:PORT/v1, with a token (`trioagent token`) as its API key. The agent behind it is "
+        "FACTORY's (module:callable returning (agent, pipeline)), e.g. the offline demo agent: "
+        "trioagent.demo:agent_factory. The same server as `serve` (its other endpoints too), with its limits and drain.",
+        formatter_class=fmt,
+    )
+    for command, parser_ in (("serve", srv), ("realtime-server", rts)):
+        parser_.add_argument("factory", help="module:callable returning (agent, pipeline), e.g. trioagent.demo:agent_factory")
+        parser_.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        parser_.add_argument("--port", type=_port, default=8765, help="port to listen on (0: any free port)")
+        parser_.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default: $TRIOAGENT_SECRET)")
+        parser_.add_argument("--insecure", action="store_true", help="accept sessions without a token (development only)")
+        parser_.add_argument("--origin", action="append", help="allowed browser Origin (repeat; default: any)")
+        parser_.add_argument("--max-sessions", type=int, default=200, help="sessions at once; more get close 1013")
+        parser_.add_argument("--grace", type=_positive, default=10.0, help="seconds running sessions get on SIGTERM")
+        parser_.add_argument("--factory-timeout", type=_positive, default=10.0, help="seconds the factory may take for a session (then close 1011)")
+        parser_.set_defaults(handler=_serve)
+        commands[command] = parser_
 
     con = sub.add_parser(
         "console",
@@ -281,7 +291,10 @@ async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> 
             nursery.cancel_scope.cancel()  # drained: stop waiting for signals
 
         server: Server = await nursery.start(serve_until_drained)
-        print(f"trioagent: serving on http://{args.host}:{port}/ (browser page), /ws, /twilio", flush=True)
+        if args.command == "realtime-server":
+            print(f"trioagent: OpenAI Realtime protocol on ws://{args.host}:{port}/v1/realtime (a client's base_url: http://{args.host}:{port}/v1)", flush=True)
+        else:
+            print(f"trioagent: serving on http://{args.host}:{port}/ (browser page), /ws, /twilio, /v1/realtime", flush=True)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 if signalled:
@@ -290,7 +303,7 @@ async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> 
                 print(f"trioagent: {signal.Signals(signum).name}: draining for up to {args.grace:g} s", flush=True)
                 server.shutdown()
     if signalled == [signal.SIGINT]:
-        print("trioagent serve: interrupted", file=sys.stderr)
+        print(f"trioagent {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
