@@ -47,6 +47,8 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
         (["demo", "--out", "/nonexistent/dir/x.wav"], "cannot write /nonexistent/dir/x.wav: /nonexistent/dir is not a directory"),
         (["demo", "--mcp-stdio", "no-such-mcp-server --stdio"], "--mcp-stdio: no program 'no-such-mcp-server' (not on PATH)"),
         (["demo", "--mcp-stdio", "python -m 'unclosed"], "--mcp-stdio \"python -m 'unclosed\": No closing quotation"),
+        (["demo", "--pipeline", "realtime", "--fast"], "--pipeline realtime talks to a real server: it cannot run in virtual time"),
+        (["realtime-server", "nosuch:f", "--insecure"], "no module named 'nosuch'"),
         (["token"], "a secret is needed"),
         (["console"], "LocalAudioTransport needs"),  # no sounddevice or PortAudio in CI: said first
     ],

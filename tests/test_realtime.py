@@ -43,6 +43,7 @@ async def test_a_spoken_question_gets_the_models_audio(autojump_clock: trio.test
         async with session:
             await transport.send_user_audio(speech(1.0))
             await transport.send_user_audio(silence(2.0))
+        assert trio.current_time() == at(3.0)  # the input ended, the answer was out: closed at once
     assert fake.path == "/v1/realtime?model=gpt-realtime" and fake.headers["authorization"] == "Bearer sk-test"
     kinds = [e["type"] for _, e in fake.received]
     assert kinds[:2] == ["session.update", "input_audio_buffer.append"]

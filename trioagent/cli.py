@@ -112,8 +112,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     demo.add_argument("--fast", action="store_true", help="run in virtual time: seconds instead of a minute (latencies are then virtual)")
     demo.add_argument("--out", default="trioagent-demo.wav", help="where to write the conversation")
     demo.add_argument("--llm", choices=["rule", "openai"], default="rule", help="the offline RuleLLM, or an OpenAI-compatible server (needs '.[openai]')")
-    demo.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: $OPENAI_BASE_URL, else OpenAI)")
-    demo.add_argument("--model", default=None, help="model name (default: $OPENAI_MODEL, else gpt-4o-mini)")
+    demo.add_argument(
+        "--pipeline",
+        choices=["cascading", "realtime"],
+        default="cascading",
+        help="the offline STT -> LLM -> TTS pipeline, or a speech-to-speech model over the OpenAI Realtime protocol at "
+        "--base-url (OpenAI, or `trioagent realtime-server`; key: --api-key)",
+    )
+    demo.add_argument("--base-url", default=None, help="OpenAI-compatible or Realtime server (default: $OPENAI_BASE_URL, else OpenAI)")
+    demo.add_argument("--model", default=None, help="model name (default: $OPENAI_MODEL, else gpt-4o-mini; realtime: gpt-realtime)")
+    demo.add_argument("--api-key", default=None, help="bearer key (default: $OPENAI_API_KEY; for a trioagent server: a `trioagent token`)")
     demo.add_argument(
         "--mcp-stdio",
         action="append",
@@ -411,13 +419,25 @@ def _demo(args: argparse.Namespace) -> int:
         from .providers.openai_llm import OpenAILLM
 
         llm = OpenAILLM(base_url=args.base_url, model=args.model)
+    pipeline = None
+    if args.pipeline == "realtime":
+        if args.fast:
+            raise UsageError("--pipeline realtime talks to a real server: it cannot run in virtual time (drop --fast)")
+        if args.llm != "rule":
+            raise UsageError("--pipeline realtime: the Realtime model is the LLM (drop --llm)")
+        from .pipeline.realtime import RealTimePipeline
+        from .providers.openai_realtime import OpenAIRealtime
+
+        options = {k: v for k, v in (("base_url", args.base_url), ("model", args.model), ("api_key", args.api_key)) if v is not None}
+        pipeline = RealTimePipeline(model=OpenAIRealtime(**options))
     servers = [_mcp_stdio(command) for command in args.mcp_stdio]
+    llm_name = f"Realtime model at {pipeline.model.base_url}" if pipeline is not None else args.llm
     print(
-        f"trioagent demo: {'virtual time (--fast): latencies are virtual' if args.fast else 'real time'}, LLM: {args.llm}"
+        f"trioagent demo: {'virtual time (--fast): latencies are virtual' if args.fast else 'real time'}, LLM: {llm_name}"
         + "".join(f", MCP server: {server.label}" for server in servers)
     )
     try:
-        turns = run(args.fast, args.out, llm, mcp_servers=servers)
+        turns = run(args.fast, args.out, llm, mcp_servers=servers, pipeline=pipeline)
     except MCPServerError as exc:
         print(f"trioagent: {exc}", file=sys.stderr)
         return 1

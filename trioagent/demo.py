@@ -27,6 +27,7 @@ from .audio.resample import resample
 from .events import ErrorEvent
 from .mcp import MCPServer
 from .metrics import TurnMetrics
+from .pipeline.base import Pipeline
 from .pipeline.cascading import CascadingPipeline
 from .providers.base import LLM
 from .providers.espeak import EspeakTTS
@@ -143,11 +144,14 @@ async def run_demo(
     progress: bool = False,
     virtual: bool = False,
     mcp_servers: Sequence[MCPServer] = (),
+    pipeline: Pipeline | None = None,
 ) -> list[DemoTurn]:
     """Run the whole demo conversation; returns the turns (also printed to `out`).
 
     Args:
         mcp_servers: give the agent these MCP servers (and ask the time in Tokyo).
+        pipeline: run the agent on this pipeline (a `RealTimePipeline`, say) instead of the
+            offline cascading one.
         progress: show a progress line on stderr (a terminal), cleared before each printed line.
         virtual: say that the latencies printed are virtual (the run is under a MockClock).
     """
@@ -156,7 +160,8 @@ async def run_demo(
         caller_path = os.path.join(tmp, "caller.wav")
         turns = await make_caller_audio(caller_path, MCP_QUESTIONS if mcp_servers else QUESTIONS)
         transport = WavFileTransport(caller_path, output_path, output_sample_rate=EspeakTTS.sample_rate, tail=1.0)
-        pipeline = CascadingPipeline(stt=PocketsphinxSTT(grammar=DEMO_GRAMMAR), llm=llm or RuleLLM(), tts=EspeakTTS())
+        if pipeline is None:
+            pipeline = CascadingPipeline(stt=PocketsphinxSTT(grammar=DEMO_GRAMMAR), llm=llm or RuleLLM(), tts=EspeakTTS())
         session = AgentSession(DemoAgent(mcp_servers), pipeline, transport=transport)
         t0 = trio.current_time()
         clock = " (virtual time)" if virtual else ""
@@ -207,9 +212,12 @@ async def run_demo(
         return turns
 
 
-def run(fast: bool, output_path: str, llm: LLM | None, out: TextIO = sys.stdout, mcp_servers: Sequence[MCPServer] = ()) -> list[DemoTurn]:
+def run(
+    fast: bool, output_path: str, llm: LLM | None, out: TextIO = sys.stdout, mcp_servers: Sequence[MCPServer] = (), pipeline: Pipeline | None = None
+) -> list[DemoTurn]:
     """Run the demo in real time, or in virtual time with `fast`."""
     clock = trio.testing.MockClock(autojump_threshold=0) if fast else None
     return trio.run(
-        lambda: run_demo(output_path, llm=llm, out=out, progress=sys.stderr.isatty(), virtual=fast, mcp_servers=mcp_servers), clock=clock
+        lambda: run_demo(output_path, llm=llm, out=out, progress=sys.stderr.isatty(), virtual=fast, mcp_servers=mcp_servers, pipeline=pipeline),
+        clock=clock,
     )

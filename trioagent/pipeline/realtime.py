@@ -124,11 +124,14 @@ class RealTimePipeline:
 
     async def cleanup(self) -> None:
         """Close the socket with 1000 (bounded by the session's close grace)."""
+        await self._close_socket("session closed")
+
+    async def _close_socket(self, reason: str) -> None:
         self._closing = True
         ws = self._ws
-        if ws is not None:
+        if ws is not None and ws.closed is None:
             with trio.move_on_after(self.host.close_grace if self._host is not None else 2.0):
-                await ws.aclose(1000, "session closed")
+                await ws.aclose(1000, reason)
         await trio.lowlevel.checkpoint()
 
     # -- the connection ---------------------------------------------------------------------------
@@ -152,6 +155,7 @@ class RealTimePipeline:
                 with trio.move_on_after(_LAST_WORDS):
                     await self._spoke.wait()
             await self.host.wait_idle()
+            await self._close_socket("input ended")  # (while the connection's reader still runs)
             nursery.cancel_scope.cancel(reason="input ended")
 
     async def _send(self, event: dict[str, Any]) -> None:
@@ -242,6 +246,7 @@ class RealTimePipeline:
                 replying = self._replying
                 if replying is not None and replying.user_turn is pending:
                     replying.commit_user_text(pending.text)  # (before the answer: that goes in when heard)
+                    replying.note(user_text=pending.text, stt_final_at=trio.current_time())
                 elif pending in self._answered:
                     self._answered.discard(pending)
                     host.agent.chat_context.add_message(role=ChatRole.USER, content=pending.text)  # (late: after its answer)
@@ -282,6 +287,7 @@ class RealTimePipeline:
         turn = utterance.user_turn
         if turn is not None and turn.text:
             utterance.commit_user_text(turn.text)
+            utterance.note(user_text=turn.text, stt_final_at=turn.metrics.stt_final_at)
         self._replying = utterance
         voice = _Voice()
         inline: list[ChatMessage] = []
