@@ -63,6 +63,7 @@ class FakeRealtime:
         self._responses = 0
         self._streaming: trio.CancelScope | None = None
         self._ws: trio_websocket.WebSocketConnection | None = None
+        self.server_vad = True  # (session.update with turn_detection None turns it off)
 
     async def open_stream(self) -> trio.abc.Stream:
         return await self.listener.connect()
@@ -100,6 +101,7 @@ class FakeRealtime:
         if kind != "input_audio_buffer.append":
             self.received.append((trio.current_time(), event))
         if kind == "session.update":
+            self.server_vad = event["session"]["audio"]["input"].get("turn_detection") is not None
             await self._send(self._events.session("session.updated", event["session"]))
         elif kind == "input_audio_buffer.append":
             if not self.received or self.received[-1][1]["type"] != "input_audio_buffer.append":
@@ -121,6 +123,10 @@ class FakeRealtime:
         ms = round(len(samples) * 1000 / rt.RATE)
         loud = len(samples) > 0 and float(np.abs(samples.astype(np.int32)).mean()) > self.threshold
         start, self._ms = self._ms, self._ms + ms
+        if not self.server_vad:
+            if loud and self._speech_start is None:
+                self._speech_start = start
+            return
         if loud:
             self._last_loud = self._ms
             if self._speech_start is None:
@@ -131,11 +137,13 @@ class FakeRealtime:
 
     async def _commit(self, end_ms: int) -> None:
         if self._speech_start is None:
+            await self._send(self._events.error("invalid_request_error", "input_audio_buffer_commit_empty", "nothing to commit"))
             return
         self._speech_start = None
         self._items += 1
         item = f"item_{self._items}"
-        await self._send(self._events.speech_stopped(end_ms, item))
+        if self.server_vad:
+            await self._send(self._events.speech_stopped(end_ms, item))
         await self._send(self._events.committed(item))
         if self.transcripts:
             await self._send(self._events.input_transcript(item, self.transcripts.pop(0)))

@@ -248,3 +248,21 @@ class _Tap(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def test_the_sessions_own_vad_can_decide_the_turns(autojump_clock: trio.testing.MockClock) -> None:
+    fake = FakeRealtime(["Hello there friend."], transcripts=["hi"])
+    model = OpenAIRealtime(base_url="ws://fake/v1", turn_detection=None, open_stream=fake.open_stream)
+    transport = MemoryTransport()
+    session = AgentSession(Agent("Test."), RealTimePipeline(model=model), transport=transport)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        async with session:
+            await transport.send_user_audio(speech(1.0))
+            await transport.send_user_audio(silence(2.0))
+    assert fake.of("session.update")[0]["session"]["audio"]["input"]["turn_detection"] is None
+    # The EnergyVAD ends the speech at 1.0; 0.5 s later the pipeline commits, and asks for the answer.
+    assert fake.times("input_audio_buffer.commit") == [pytest.approx(1.5, abs=0.021)]
+    assert fake.times("response.create") == fake.times("input_audio_buffer.commit")
+    assert [m.content for m in session.agent.chat_context.messages][1:] == ["hi", "Hello there friend."]
+    check_client_events(fake)

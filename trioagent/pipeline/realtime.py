@@ -38,8 +38,9 @@ from ..audio.resample import StreamResampler
 from ..chat import ChatMessage, ChatRole
 from ..errors import ProtocolError, ProviderError, ProviderTimeout
 from ..metrics import TurnMetrics
-from ..providers.base import ToolCall
+from ..providers.base import VAD, ToolCall
 from ..providers.openai_realtime import OpenAIRealtime
+from ..providers.vad import EnergyVAD
 from ..scheduler import UserSpeechEffect
 from ..utterance import UserTurn, Utterance
 from ._tools import run_tool_calls
@@ -81,6 +82,10 @@ class RealTimePipeline:
 
     Args:
         model: the model and its server (`OpenAIRealtime`).
+        vad: with the model's `turn_detection=None`, the session's own VAD decides the turns
+            (default `EnergyVAD`): the pipeline commits the input `endpointing` seconds after
+            the speech ends, and the server only answers.
+        endpointing: see `vad`.
         allow_interruptions: whether user speech can interrupt the agent.
         max_tool_steps: responses that may call tools before the model must answer.
         response_timeout: seconds to wait for a response's next event before the reply fails
@@ -88,6 +93,8 @@ class RealTimePipeline:
     """
 
     model: OpenAIRealtime = attrs.field(factory=OpenAIRealtime)
+    vad: VAD | None = None
+    endpointing: float = 0.5
     allow_interruptions: bool = True
     max_tool_steps: int = 3
     response_timeout: float | None = 15.0
@@ -107,10 +114,12 @@ class RealTimePipeline:
     _declared: Any = attrs.field(init=False, default=None)
     _unknown: set[str] = attrs.field(init=False, factory=set)
     _closing: bool = attrs.field(init=False, default=False)
+    _commit_at: float = attrs.field(init=False, default=math.inf)  # (own VAD) when to commit the turn
+    _committed: trio.Event = attrs.field(init=False, factory=trio.Event)  # set at each `committed`
 
     def __attrs_post_init__(self) -> None:
-        if self.model.turn_detection is None:
-            raise ValueError("RealTimePipeline needs the server's turn detection (turn_detection='server_vad' or 'semantic_vad')")
+        if self.model.turn_detection is None and self.vad is None:
+            self.vad = EnergyVAD()
 
     # -- wiring ------------------------------------------------------------------------------
     def attach(self, host: PipelineHost | None) -> None:
@@ -150,10 +159,12 @@ class RealTimePipeline:
             task_status.started()
             await self._pump_input()
             # The input is over: what the user said last is still to be answered.
-            if self._speaking:
+            if self._speaking or self._commit_at != math.inf:
+                self._commit_at = math.inf
+                self._committed = trio.Event()
                 await self._send(rt.audio_commit())
                 with trio.move_on_after(_LAST_WORDS):
-                    await self._spoke.wait()
+                    await self._committed.wait()
             await self.host.wait_idle()
             await self._close_socket("input ended")  # (while the connection's reader still runs)
             nursery.cancel_scope.cancel(reason="input ended")
@@ -176,18 +187,37 @@ class RealTimePipeline:
         transport = self.host.transport
         rate = transport.input_sample_rate
         to_model = StreamResampler(rate, rt.RATE)
+        to_vad = StreamResampler(rate, self.vad.sample_rate) if self.vad is not None else None
         async for frame in transport.audio_in:
             if frame.sample_rate != rate:
                 _log.error("dropped a %d Hz input frame: the transport said %d Hz", frame.sample_rate, rate)
                 continue
             if self._origin is None:
                 self._origin = frame.timestamp
-            out = to_model.process(frame.to_mono())
+            frame = frame.to_mono()
+            if self.vad is not None and to_vad is not None:
+                await self._own_turns(to_vad.process(frame))
+            out = to_model.process(frame)
             if len(out.samples):
                 try:
                     await self._send(rt.audio_append(out.to_pcm16()))
                 except ProviderError:
                     await trio.sleep_forever()  # the socket is gone: the reader says so, once
+
+    async def _own_turns(self, frame: AudioFrame) -> None:
+        """Turn taking by the session's VAD: speech starts and stops here, and the input is
+        committed once it has been quiet for `endpointing` (the server answers `committed`)."""
+        assert self.vad is not None
+        for event in self.vad.process(frame):
+            if event.kind == "start":
+                self._commit_at = math.inf
+                self._user_started(event.time)
+            else:
+                self._user_stopped(event.time)
+                self._commit_at = event.time + self.endpointing
+        if frame.end_time >= self._commit_at:
+            self._commit_at = math.inf
+            await self._send(rt.audio_commit())
 
     async def _read_events(self) -> None:
         ws = self._ws
@@ -212,19 +242,9 @@ class RealTimePipeline:
     def _dispatch(self, event: rt.ServerEvent) -> None:
         host = self.host
         if isinstance(event, rt.SpeechStarted):
-            self._speaking = True
-            self._spoke = trio.Event()
-            self._turn_start = self._time(event.audio_start_ms)
-            effect = host.user_started_speaking(self._turn_start)
-            if effect is not UserSpeechEffect.NONE and self.allow_interruptions:
-                carried = host.interrupt_speech("barge-in")
-                if carried is not None:
-                    self._carried = carried if self._carried is None else self._carried.merge(carried)
+            self._user_started(self._time(event.audio_start_ms))
         elif isinstance(event, rt.SpeechStopped):
-            self._speaking = False
-            self._speech_end = self._time(event.audio_end_ms)
-            host.user_stopped_speaking(self._speech_end)
-            self._spoke.set()
+            self._user_stopped(self._time(event.audio_end_ms))
         elif isinstance(event, rt.Committed):
             metrics = TurnMetrics(
                 turn_id=event.item_id,
@@ -237,6 +257,7 @@ class RealTimePipeline:
                 turn, self._carried = self._carried.merge(turn), None
             self._turns[event.item_id] = turn
             host.user_turn(turn)
+            self._committed.set()
         elif isinstance(event, rt.InputTranscript):
             host.user_transcript(event.transcript, True)
             pending = self._turns.pop(event.item_id, None)
@@ -260,6 +281,23 @@ class RealTimePipeline:
         elif event.type not in self._unknown:
             self._unknown.add(event.type)
             _log.debug("Realtime server event %r ignored", event.type)
+
+    def _user_started(self, time: float) -> None:
+        host = self.host
+        self._speaking = True
+        self._spoke = trio.Event()
+        self._turn_start = time
+        effect = host.user_started_speaking(time)
+        if effect is not UserSpeechEffect.NONE and self.allow_interruptions:
+            carried = host.interrupt_speech("barge-in")
+            if carried is not None:
+                self._carried = carried if self._carried is None else self._carried.merge(carried)
+
+    def _user_stopped(self, time: float) -> None:
+        self._speaking = False
+        self._speech_end = time
+        self.host.user_stopped_speaking(time)
+        self._spoke.set()
 
     def _route(self, event: rt.ResponseCreated | rt.AudioDelta | rt.TranscriptDelta | rt.FunctionCallDone | rt.ResponseDone) -> None:
         if event.response_id in self._dropped:
