@@ -266,3 +266,25 @@ async def test_the_sessions_own_vad_can_decide_the_turns(autojump_clock: trio.te
     assert fake.times("response.create") == fake.times("input_audio_buffer.commit")
     assert [m.content for m in session.agent.chat_context.messages][1:] == ["hi", "Hello there friend."]
     check_client_events(fake)
+
+
+async def test_the_demo_runs_through_trioagents_realtime_server(autojump_clock: trio.testing.MockClock, tmp_path: Any) -> None:
+    """`trioagent demo --pipeline realtime`, in virtual time: the demo's caller and agent on a
+    RealTimePipeline, the offline demo agent behind a trioagent Realtime server."""
+    pytest.importorskip("pocketsphinx")
+    from trioagent.auth import mint_token
+    from trioagent.demo import agent_factory, run_demo
+
+    from .netkit import SECRET, start_memory_server
+
+    async with trio.open_nursery() as nursery:
+        server, listener = await start_memory_server(nursery)
+        server.factory = agent_factory
+        model = OpenAIRealtime(base_url="http://localhost/v1", api_key=mint_token(SECRET), open_stream=listener.connect)
+        out = __import__("io").StringIO()
+        turns = await run_demo(str(tmp_path / "demo.wav"), out=out, virtual=True, pipeline=RealTimePipeline(model=model))
+        nursery.cancel_scope.cancel()
+    # (eSpeak's audio depends on what it said before in this process: a word can be missed)
+    assert turns[0].heard == "hello there" and all(t.heard for t in turns), out.getvalue()
+    assert all(t.answered and not t.failed for t in turns), out.getvalue()
+    assert out.getvalue().count("agent said  : ") == 5
