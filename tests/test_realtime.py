@@ -3,6 +3,8 @@ checked against the official `openai` SDK's Realtime event models."""
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
 import pytest
@@ -216,13 +218,10 @@ class _Tap(trio.abc.Stream):
     unfragmented, as trioagent's server sends them) into `seen`."""
 
     def __init__(self, inner: trio.abc.Stream, seen: list[dict[str, Any]]) -> None:
-        import json
-
         import wsproto.frame_protocol as fp
 
         self.inner = inner
         self.seen = seen
-        self._json = json
         self._proto = fp.FrameProtocol(client=True, extensions=[])
         self._handshake = b""
 
@@ -243,7 +242,7 @@ class _Tap(trio.abc.Stream):
         self._proto.receive_bytes(chunk)
         for frame in self._proto.received_frames():
             if frame.opcode.name == "TEXT":
-                self.seen.append(self._json.loads(frame.payload))
+                self.seen.append(json.loads(frame.payload))
         return data
 
     async def aclose(self) -> None:
@@ -281,10 +280,56 @@ async def test_the_demo_runs_through_trioagents_realtime_server(autojump_clock: 
         server, listener = await start_memory_server(nursery)
         server.factory = agent_factory
         model = OpenAIRealtime(base_url="http://localhost/v1", api_key=mint_token(SECRET), open_stream=listener.connect)
-        out = __import__("io").StringIO()
+        out = io.StringIO()
         turns = await run_demo(str(tmp_path / "demo.wav"), out=out, virtual=True, pipeline=RealTimePipeline(model=model))
         nursery.cancel_scope.cancel()
     # (eSpeak's audio depends on what it said before in this process: a word can be missed)
     assert turns[0].heard == "hello there" and all(t.heard for t in turns), out.getvalue()
     assert all(t.answered and not t.failed for t in turns), out.getvalue()
     assert out.getvalue().count("agent said  : ") == 5
+
+
+@pytest.mark.parametrize(
+    ("headers", "messages", "expected"),
+    [
+        ([], [], (1008, "unauthorized: a token is required")),
+        ([(b"authorization", b"Bearer forged.token")], [], None),
+        (None, ["not json"], (1007, "a Realtime client message that is not JSON")),
+        (None, ['{"type": "input_audio_buffer.append", "audio": "AQ=="}'], (1007, "input_audio_buffer.append: not whole 16-bit samples")),
+    ],
+)
+async def test_the_realtime_endpoint_refuses_bad_peers_with_a_close_code(
+    autojump_clock: trio.testing.MockClock, headers: list[tuple[bytes, bytes]] | None, messages: list[str], expected: tuple[int, str] | None
+) -> None:
+    from trioagent.auth import mint_token
+
+    from .netkit import SECRET, start_memory_server
+    from .test_server import close_reason
+
+    async with trio.open_nursery() as nursery:
+        _, listener = await start_memory_server(nursery)
+        if headers is None:
+            headers = [(b"authorization", f"Bearer {mint_token(SECRET)}".encode())]
+        code, reason = await close_reason(listener, "/v1/realtime", messages, headers)
+        nursery.cancel_scope.cancel()
+    if expected is None:
+        assert code == 1008 and reason.startswith("unauthorized")
+    else:
+        assert (code, reason) == expected
+
+
+async def test_an_unknown_client_event_gets_an_error_event_and_the_call_goes_on(autojump_clock: trio.testing.MockClock) -> None:
+    from trioagent.auth import mint_token
+
+    from .netkit import SECRET, open_ws, start_memory_server
+
+    async with trio.open_nursery() as nursery:
+        _, listener = await start_memory_server(nursery)
+        ws = await open_ws(nursery, listener, "/realtime", [(b"authorization", f"Bearer {mint_token(SECRET)}".encode())])
+        assert json.loads(await ws.get_message())["type"] == "session.created"
+        await ws.send_message('{"type": "conversation.item.retrieve", "item_id": "x"}')
+        got = json.loads(await ws.get_message())
+        assert got["type"] == "error" and got["error"]["code"] == "unknown_event"
+        TypeAdapter(openai_realtime.RealtimeServerEvent).validate_python(got)
+        assert ws.closed is None
+        nursery.cancel_scope.cancel()

@@ -5,6 +5,7 @@ holds a spoken conversation with `trioagent realtime-server` running the offline
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
 import sys
 import time
@@ -55,7 +56,7 @@ async def converse(port: int, audio: bytes) -> dict[str, Any]:
             await greeted.wait()  # (speaking over the greeting would be a barge-in)
             chunk = 960  # 20 ms
             for i in range(0, len(audio), chunk):
-                await connection.input_audio_buffer.append(audio=__import__("base64").b64encode(audio[i : i + chunk]).decode())
+                await connection.input_audio_buffer.append(audio=base64.b64encode(audio[i : i + chunk]).decode())
                 await asyncio.sleep(0.02)
 
         sender = asyncio.create_task(send())
@@ -66,7 +67,7 @@ async def converse(port: int, audio: bytes) -> dict[str, Any]:
             if event.type == "response.output_audio_transcript.delta":
                 transcript += event.delta
             elif event.type == "response.output_audio.delta":
-                pcm += len(__import__("base64").b64decode(event.delta))
+                pcm += len(base64.b64decode(event.delta))
             elif event.type == "conversation.item.input_audio_transcription.completed":
                 got["heard"] = event.transcript
             elif event.type == "response.done":

@@ -243,12 +243,7 @@ def parse_server(text: str | bytes) -> ServerEvent:
     Raises:
         ProtocolError: not a JSON object with a string `type`, or a known event with bad fields.
     """
-    try:
-        event = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ProtocolError("a Realtime server message that is not JSON") from None
-    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        raise ProtocolError("a Realtime server message without a type")
+    event = _typed(text, "server")
     kind = event["type"]
     if kind == "input_audio_buffer.speech_started":
         return SpeechStarted(_field(event, "audio_start_ms", int), _field(event, "item_id", str))
@@ -289,12 +284,16 @@ def parse_client(text: str | bytes) -> dict[str, Any]:
     Raises:
         ProtocolError: not a JSON object with a string `type`.
     """
+    return _typed(text, "client")
+
+
+def _typed(text: str | bytes, side: str) -> dict[str, Any]:
     try:
         event = json.loads(text)
     except (ValueError, RecursionError):
-        raise ProtocolError("a Realtime client message that is not JSON") from None
+        raise ProtocolError(f"a Realtime {side} message that is not JSON") from None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        raise ProtocolError("a Realtime client message without a type")
+        raise ProtocolError(f"a Realtime {side} message without a type")
     return event
 
 
