@@ -536,7 +536,8 @@ class AgentSession(EventEmitter):
     def _submit_user_turn(self, turn: UserTurn) -> None:
         if self._close_started:
             return
-        self.emit("on_speech_in", {"text": turn.text, "start": turn.metrics.user_speech_start, "end": turn.metrics.user_speech_end})
+        if turn.text:  # (a speech-to-speech pipeline's transcript may come later: it emits then)
+            self.emit("on_speech_in", {"text": turn.text, "start": turn.metrics.user_speech_start, "end": turn.metrics.user_speech_end})
         if not self.answer_turns:
             self._keep_unanswered(turn)
             return

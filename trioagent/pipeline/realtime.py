@@ -264,6 +264,8 @@ class RealTimePipeline:
             if pending is not None:
                 pending.text = f"{pending.text} {event.transcript.strip()}".strip()
                 pending.metrics = attrs.evolve(pending.metrics, user_text=pending.text, stt_final_at=trio.current_time())
+                metrics = pending.metrics
+                host.emit("on_speech_in", {"text": pending.text, "start": metrics.user_speech_start, "end": metrics.user_speech_end})
                 replying = self._replying
                 if replying is not None and replying.user_turn is pending:
                     replying.commit_user_text(pending.text)  # (before the answer: that goes in when heard)
