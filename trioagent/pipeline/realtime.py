@@ -187,7 +187,8 @@ class RealTimePipeline:
         transport = self.host.transport
         rate = transport.input_sample_rate
         to_model = StreamResampler(rate, rt.RATE)
-        to_vad = StreamResampler(rate, self.vad.sample_rate) if self.vad is not None else None
+        own_vad = self.vad is not None and self.model.turn_detection is None
+        to_vad = StreamResampler(rate, self.vad.sample_rate) if own_vad and self.vad is not None else None
         async for frame in transport.audio_in:
             if frame.sample_rate != rate:
                 _log.error("dropped a %d Hz input frame: the transport said %d Hz", frame.sample_rate, rate)
@@ -195,14 +196,14 @@ class RealTimePipeline:
             if self._origin is None:
                 self._origin = frame.timestamp
             frame = frame.to_mono()
-            if self.vad is not None and to_vad is not None:
-                await self._own_turns(to_vad.process(frame))
             out = to_model.process(frame)
-            if len(out.samples):
-                try:
+            try:
+                if len(out.samples):
                     await self._send(rt.audio_append(out.to_pcm16()))
-                except ProviderError:
-                    await trio.sleep_forever()  # the socket is gone: the reader says so, once
+                if to_vad is not None:
+                    await self._own_turns(to_vad.process(frame))
+            except ProviderError:
+                await trio.sleep_forever()  # the socket is gone: the reader says so, once
 
     async def _own_turns(self, frame: AudioFrame) -> None:
         """Turn taking by the session's VAD: speech starts and stops here, and the input is
