@@ -55,6 +55,20 @@ class FakeOpenAI:
         payload = json.loads(body)
         self.requests.append({"path": request.target.decode(), "headers": dict(request.headers), "body": payload})
         mode = payload["model"]
+        if mode == "busy-then-text":
+            tries = sum(1 for r in self.requests if r["body"]["model"] == mode)
+            mode = "busy" if tries == 1 else "error" if tries == 2 else "text"
+        if mode == "busy":
+            text = b'{"error": {"message": "rate limited"}}'
+            head = [("content-length", str(len(text))), ("retry-after", "0")]
+            await stream.send_all(conn.send(h11.Response(status_code=429, headers=head)) + conn.send(h11.Data(data=text)) + conn.send(h11.EndOfMessage()))
+            return
+        if mode in ("html", "json"):
+            text = b"<html><body>Sign in</body></html>" if mode == "html" else b'{"choices": [{"message": {"content": "hi"}}]}'
+            kind = "text/html" if mode == "html" else "application/json"
+            head = [("content-length", str(len(text))), ("content-type", kind)]
+            await stream.send_all(conn.send(h11.Response(status_code=200, headers=head)) + conn.send(h11.Data(data=text)) + conn.send(h11.EndOfMessage()))
+            return
         if mode == "error":
             text = b'{"error": {"message": "model overloaded"}}'
             await stream.send_all(conn.send(h11.Response(status_code=503, headers=[("content-length", str(len(text)))])))
@@ -83,6 +97,10 @@ class FakeOpenAI:
                 blob = sse(delta(tool_calls=[second])) + sse("[DONE]")
                 await send(blob[:7])
                 await send(blob[7:])
+            elif mode == "keepalive":
+                while True:  # comments only, until the client hangs up
+                    await send(b": keep-alive\n\n")
+                    await trio.sleep(0.05)
             elif mode == "stall":
                 await send(sse(delta(content="Let me think")))
                 self.stalled.set()

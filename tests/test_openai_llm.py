@@ -9,7 +9,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trioagent import ChatContext, ChatRole, FunctionTool, ProviderError
+from trioagent import ChatContext, ChatRole, FunctionTool, ProviderError, ProviderTimeout
 from trioagent._proto.openai_chat import ChatStreamDecoder, StreamDone, StreamProtocolError, StreamText, StreamToolCall, StreamUsage
 from trioagent._proto.sse import SSEEvent, SSEParser
 from trioagent.providers import TextDelta, ToolCall, Usage
@@ -86,8 +86,8 @@ async def test_nothing_listening_is_a_provider_error() -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     await listeners[0].aclose()
-    with pytest.raises(ProviderError, match="ConnectError"):
-        await collect(OpenAILLM(model="text", base_url=f"http://127.0.0.1:{port}/v1"))
+    with pytest.raises(ProviderError, match="cannot connect"):
+        await collect(OpenAILLM(model="text", base_url=f"http://127.0.0.1:{port}/v1", retry_backoff=0.01))
 
 
 async def test_stalled_server_is_cancelled_cleanly_by_interrupt(nursery: trio.Nursery) -> None:
@@ -166,3 +166,55 @@ def test_chat_stream_decoder_fuzz(payload: str) -> None:
         ChatStreamDecoder().feed(payload)
     except StreamProtocolError:
         pass
+
+
+# -- never hangs: timeouts, retries, answers that are not a stream --------------------------------
+
+
+async def test_keep_alive_comments_are_no_progress(nursery: trio.Nursery) -> None:
+    server = FakeOpenAI()
+    port = await nursery.start(serve, server)
+    llm = OpenAILLM(model="keepalive", base_url=f"http://127.0.0.1:{port}/v1", first_token_timeout=0.3)
+    t = trio.current_time()
+    with pytest.raises(ProviderTimeout, match="sent nothing for 0.3 s"):
+        await collect(llm)
+    assert trio.current_time() - t < 2  # (bounded: the comments kept coming all along)
+
+
+async def test_a_stream_that_stalls_midway_times_out(nursery: trio.Nursery) -> None:
+    server = FakeOpenAI()
+    port = await nursery.start(serve, server)
+    llm = OpenAILLM(model="stall", base_url=f"http://127.0.0.1:{port}/v1", chunk_timeout=0.3)
+    got: list[object] = []
+    with pytest.raises(ProviderTimeout, match="stalled for 0.3 s"):
+        async for c in llm.chat(context(), []):
+            got.append(c)
+    assert got == [TextDelta("Let me think")]
+
+
+async def test_429_and_5xx_are_retried_before_the_first_token_honouring_retry_after(nursery: trio.Nursery) -> None:
+    server = FakeOpenAI()
+    port = await nursery.start(serve, server)
+    llm = OpenAILLM(model="busy-then-text", base_url=f"http://127.0.0.1:{port}/v1", retry_backoff=0.01)
+    chunks = await collect(llm)
+    assert "".join(c.text for c in chunks if isinstance(c, TextDelta)) == "Hello there. How can I help?"
+    assert len(server.requests) == 3  # 429 (Retry-After: 0), 503, then the answer
+    with pytest.raises(ProviderError, match="answered HTTP 503"):
+        await collect(OpenAILLM(model="error", base_url=f"http://127.0.0.1:{port}/v1", retry_backoff=0.01, max_retries=1))
+    assert len(server.requests) == 5  # tried twice
+
+
+@pytest.mark.parametrize(("mode", "what"), [("html", "text/html"), ("json", "application/json")])
+async def test_a_200_that_is_not_an_event_stream_says_what_came(nursery: trio.Nursery, mode: str, what: str) -> None:
+    server = FakeOpenAI()
+    port = await nursery.start(serve, server)
+    with pytest.raises(ProviderError, match=f"answered 200 with {what}, not an event stream"):
+        await collect(OpenAILLM(model=mode, base_url=f"http://127.0.0.1:{port}/v1"))
+
+
+async def test_max_tokens_temperature_and_extra_body_are_sent(nursery: trio.Nursery) -> None:
+    server = FakeOpenAI()
+    port = await nursery.start(serve, server)
+    await collect(OpenAILLM(model="text", base_url=f"http://127.0.0.1:{port}/v1", temperature=0.2, extra_body={"top_k": 5}))
+    body = server.requests[0]["body"]
+    assert (body["max_tokens"], body["temperature"], body["top_k"]) == (300, 0.2, 5)

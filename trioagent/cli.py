@@ -411,6 +411,8 @@ def _demo(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UsageError(f"the demo needs the offline providers ({exc}): pip install -e '.[local]'") from None
     llm: LLM | None = None
+    if args.fast and (args.llm != "rule" or args.pipeline != "cascading"):
+        raise UsageError("--fast runs in virtual time, which cannot wait on a real network: drop --fast to use a network model")
     if args.llm == "openai":
         try:
             import httpx  # noqa: F401
@@ -421,8 +423,6 @@ def _demo(args: argparse.Namespace) -> int:
         llm = OpenAILLM(base_url=args.base_url, model=args.model)
     pipeline = None
     if args.pipeline == "realtime":
-        if args.fast:
-            raise UsageError("--pipeline realtime talks to a real server: it cannot run in virtual time (drop --fast)")
         if args.llm != "rule":
             raise UsageError("--pipeline realtime: the Realtime model is the LLM (drop --llm)")
         from .pipeline.realtime import RealTimePipeline
@@ -441,14 +441,21 @@ def _demo(args: argparse.Namespace) -> int:
     except MCPServerError as exc:
         print(f"trioagent: {exc}", file=sys.stderr)
         return 1
+    line, status = summary(turns, args.out)
+    print(line)
+    return status
+
+
+def summary(turns: list[Any], out_path: str) -> tuple[str, int]:
+    """The demo's last line and exit status: answers actually spoken, and failed turns."""
     answered = sum(1 for t in turns if t.answered and not t.failed)
     failed = sum(1 for t in turns if t.failed)
-    print(
+    line = (
         f"\n{answered}/{len(turns)} questions answered"
         + (f", {failed} failed (see above)" if failed else "")
-        + f"; conversation written to {args.out} (caller left, agent right)"
+        + f"; conversation written to {out_path} (caller left, agent right)"
     )
-    return 0 if answered == len(turns) else 1
+    return line, 0 if answered == len(turns) else 1
 
 
 if __name__ == "__main__":
