@@ -340,3 +340,21 @@ async def test_unused_logging_is_quiet(caplog: pytest.LogCaptureFixture) -> None
     caplog.set_level(logging.WARNING)
     AgentSession(Agent(), make_session()[0].pipeline)
     assert caplog.text == ""
+
+
+async def test_an_agent_apologises_when_an_answer_fails(autojump_clock: trio.testing.MockClock) -> None:
+    from trioagent.testing import silence, speech
+
+    from .kit import about, make_session
+
+    agent = Agent(instructions="Test.", apology="Sorry, say that again?")
+    session, transport, _, tts = make_session(agent, transcripts=["hello"], script=[None], pipeline_options={"llm_timeout": 2.0})
+    errors: list[Any] = []
+    session.on("error", errors.append)
+    async with session:
+        await transport.send_user_audio(speech(1.0))
+        await transport.send_user_audio(silence(5.0))
+    assert [(e.stage, e.fatal) for e in errors] == [("llm", False)]
+    assert tts.texts == ["Sorry, say that again?"]
+    assert transport.voice_segments()[0][0] == about(3.5)  # end of turn 1.5 + the 2 s LLM timeout
+    assert all(m.content != "Sorry, say that again?" for m in agent.chat_context.messages)  # (not in the context)

@@ -69,6 +69,8 @@ class Agent:
         mcp_servers: MCP servers (`MCPServerStdio`, `MCPServerHTTP`) whose tools the agent
             uses. They are connected when the agent takes over a session (before `on_enter`) and
             disconnected when it hands over or the session closes; see `trioagent.mcp`.
+        apology: said when an answer fails (its LLM or TTS errs or times out), e.g. "Sorry, I
+            lost my train of thought."; None (the default): nothing is said.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class Agent:
         tools: Sequence[Callable[..., Any] | FunctionTool] | None = None,
         chat_context: ChatContext | None = None,
         mcp_servers: Sequence[MCPServer] | None = None,
+        apology: str | None = None,
     ) -> None:
         self.instructions = instructions
         self.chat_context = chat_context if chat_context is not None else ChatContext()
@@ -85,6 +88,7 @@ class Agent:
         self._session: weakref.ref[AgentSessionAPI] | None = None  # (weak: the session owns the agent)
         self._thinking_background_config: BackgroundAudioHandlerConfig | None = None
         self._tools: list[FunctionTool] = self._collect_tools(tools or ())
+        self.apology = apology
         self.mcp_manager: MCPManager | None = MCPManager(mcp_servers) if mcp_servers else None
         """The agent's MCP servers and their tools (None without servers)."""
 

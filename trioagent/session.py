@@ -145,7 +145,7 @@ class AgentSession(EventEmitter):
             on_change=lambda: me._update_states(),
             on_interrupted=lambda utterance, audible: me._on_interrupted(utterance, audible),
             on_finished=lambda utterance: me._on_finished(utterance),
-            on_failed=lambda utterance, exc: me.emit("error", ErrorEvent(exc, _stage(exc), fatal=False)),
+            on_failed=lambda utterance, exc: me._reply_failed(utterance, exc),
         )
         self._outlet = SpeechOutlet(
             scheduler=self._scheduler,
@@ -254,6 +254,20 @@ class AgentSession(EventEmitter):
     def _emit_metrics(self, metrics: TurnMetrics) -> None:
         self.metrics.append(metrics)
         self.emit("metrics_collected", metrics)
+
+    def _reply_failed(self, utterance: Utterance, exc: Exception) -> None:
+        """One utterance failed (logged already): say so, and apologise if the agent has words
+        for it (`Agent.apology`); the session goes on."""
+        self.emit("error", ErrorEvent(exc, _stage(exc), fatal=False))
+        apology = self.agent.apology
+        if apology and utterance.source in _REPLY_SOURCES and not self._close_started:
+            self._require_nursery().start_soon(self._apologise, apology)
+
+    async def _apologise(self, apology: str) -> None:
+        try:
+            await self.say(apology, add_to_chat_context=False)
+        except SessionClosed:
+            pass  # (closed meanwhile: nobody to apologise to)
 
     def _item_added(self, item: ChatItem) -> None:
         self.emit("conversation_item_added", ConversationItemAdded(item))
