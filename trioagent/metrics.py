@@ -43,6 +43,8 @@ class TurnMetrics:
     tool_calls: int = 0
     tool_seconds: float = 0.0
     """Time spent running tools (session clock)."""
+    provider_switches: int = 0
+    """Times a fallback moved this turn to another provider."""
 
     @property
     def end_of_utterance_delay(self) -> float | None:

@@ -83,6 +83,7 @@ class AgentSession(EventEmitter):
         metrics_collected: `TurnMetrics` of each reply.
         on_speech_in: ``{"text", "start", "end"}`` of each user turn; on_speech_out:
             ``{"text", "utterance_id"}`` when an utterance starts to be heard.
+        provider_switched: `ProviderSwitched` (a fallback moved a stage to another provider).
         close: `CloseEvent`, once.
     """
 
@@ -98,6 +99,7 @@ class AgentSession(EventEmitter):
             "function_tools_executed",
             "speech_created",
             "error",
+            "provider_switched",
             "close",
         }
     )
@@ -254,6 +256,18 @@ class AgentSession(EventEmitter):
     def _emit_metrics(self, metrics: TurnMetrics) -> None:
         self.metrics.append(metrics)
         self.emit("metrics_collected", metrics)
+
+    def _count_switch(self) -> None:
+        """A fallback switched providers: count it in the metrics of the utterance it served
+        (the one whose task this is), if any."""
+        handle = running_handle()
+        if handle is None:
+            return
+        try:
+            job = self._scheduler.job(handle)
+        except KeyError:
+            return  # (already over)
+        job.note(provider_switches=job.metrics.provider_switches + 1)
 
     def _reply_failed(self, utterance: Utterance, exc: Exception) -> None:
         """One utterance failed (logged already): say so, and apologise if the agent has words
@@ -875,6 +889,8 @@ class _Host:
         self._session._keep_unanswered(turn)
 
     def emit(self, name: str, payload: Any) -> None:
+        if name == "provider_switched":
+            self._session._count_switch()
         self._session.emit(name, payload)
 
     def hand_over(self, agent: Agent) -> None:

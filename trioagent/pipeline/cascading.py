@@ -43,6 +43,7 @@ from ..audio.resample import StreamResampler
 from ..chat import ChatContext, ChatMessage, ChatRole
 from ..errors import ProviderError, ProviderTimeout
 from ..metrics import TurnMetrics
+from ..providers.fallback import Switching
 from ..providers.base import LLM, STT, TTS, VAD, TextDelta, ToolCall, TranscriptEvent, TurnDetector, Usage, VADEvent
 from ..providers.turn import SilenceTurnDetector
 from ..providers.vad import EnergyVAD
@@ -161,6 +162,9 @@ class CascadingPipeline:
     # -- wiring ------------------------------------------------------------------------------
     def attach(self, host: PipelineHost | None) -> None:
         self._host = host
+        for provider in (self.stt, self.llm, self.tts):
+            if isinstance(provider, Switching):  # (a fallback: its switches are session events)
+                provider.on_switch = None if host is None else (lambda event, host=host: host.emit("provider_switched", event))
 
     @property
     def host(self) -> PipelineHost:

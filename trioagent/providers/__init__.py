@@ -15,3 +15,7 @@ from .turn import SilenceTurnDetector as SilenceTurnDetector
 from .vad import EnergyVAD as EnergyVAD
 from .silero import SileroVAD as SileroVAD
 from .openai_realtime import OpenAIRealtime as OpenAIRealtime
+from .fallback import FallbackLLM as FallbackLLM
+from .fallback import FallbackSTT as FallbackSTT
+from .fallback import FallbackTTS as FallbackTTS
+from .fallback import ProviderSwitched as ProviderSwitched
