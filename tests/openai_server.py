@@ -7,8 +7,12 @@ import json
 from typing import Any
 
 import h11
+import numpy as np
 import trio
 
+
+SENT_TRANSCRIPTIONS: list[dict[str, Any]] = []
+"""Every transcription the fake answered (validated with the openai SDK's `Transcription`)."""
 
 SENT: list[dict[str, Any]] = []
 """Every JSON chunk any fake server sent (the tests validate them with the openai SDK's model)."""
@@ -33,6 +37,8 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.stalled = trio.Event()
         self.closed_streams = 0
+        self.hung_up = trio.Event()
+        self.transcripts: list[str] = []  # what /audio/transcriptions answers, in order ("error": a 503)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
@@ -52,6 +58,10 @@ class FakeOpenAI:
             elif isinstance(event, h11.EndOfMessage):
                 break
         assert request is not None
+        path = request.target.decode()
+        if path.endswith("/audio/speech") or path.endswith("/audio/transcriptions"):
+            await self._audio(stream, conn, request, path, body)
+            return
         payload = json.loads(body)
         self.requests.append({"path": request.target.decode(), "headers": dict(request.headers), "body": payload})
         mode = payload["model"]
@@ -116,6 +126,53 @@ class FakeOpenAI:
             await stream.send_all(conn.send(h11.EndOfMessage()))
         finally:
             self.closed_streams += 1
+
+
+    async def _audio(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, path: str, body: bytes) -> None:
+        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+
+        async def answer(status: int, data: bytes, kind: str) -> None:
+            head = [("content-length", str(len(data))), ("content-type", kind)]
+            await stream.send_all(conn.send(h11.Response(status_code=status, headers=head)) + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+
+        if path.endswith("/audio/speech"):
+            payload = json.loads(body)
+            self.requests.append({"path": path, "headers": headers, "body": payload})
+            text = payload["input"]
+            if text == "unauthorized":
+                await answer(401, b'{"error": {"message": "Incorrect API key provided"}}', "application/json")
+                return
+            if text == "json":
+                await answer(200, b'{"error": null}', "application/json")
+                return
+            await stream.send_all(conn.send(h11.Response(status_code=200, headers=[("content-type", "application/octet-stream"), ("transfer-encoding", "chunked")])))
+            samples = len(text.split()) * 6000  # 0.25 s a word at 24 kHz
+            pcm = (np.sin(np.arange(samples) * 2 * np.pi * 220 / 24000) * 8000).astype("<i2").tobytes()
+            for i in range(0, len(pcm), 1001):  # (odd sizes: frames must be reassembled)
+                await stream.send_all(conn.send(h11.Data(data=pcm[i : i + 1001])))
+                if text.startswith("stall") and i > 4000:
+                    self.stalled.set()
+                    while await stream.receive_some(1024):
+                        pass
+                    self.hung_up.set()  # the client closed its side
+                    return
+                await trio.sleep(0)
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            return
+        boundary = headers["content-type"].split("boundary=")[1].encode()
+        fields: dict[str, Any] = {}
+        for part in body.split(b"--" + boundary)[1:-1]:
+            head, _, content = part.strip(b"\r\n").partition(b"\r\n\r\n")
+            name = head.split(b'name="')[1].split(b'"')[0].decode()
+            fields[name] = content if name == "file" else content.decode()
+        self.requests.append({"path": path, "headers": headers, "body": fields})
+        if self.transcripts and self.transcripts[0] == "error":
+            self.transcripts.pop(0)
+            await answer(503, b'{"error": {"message": "overloaded"}}', "application/json")
+            return
+        text = self.transcripts.pop(0) if self.transcripts else ""
+        SENT_TRANSCRIPTIONS.append({"text": text})
+        await answer(200, json.dumps({"text": text}).encode(), "application/json")
 
 
 async def serve(server: FakeOpenAI, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
