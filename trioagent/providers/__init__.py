@@ -19,3 +19,6 @@ from .fallback import FallbackLLM as FallbackLLM
 from .fallback import FallbackSTT as FallbackSTT
 from .fallback import FallbackTTS as FallbackTTS
 from .fallback import ProviderSwitched as ProviderSwitched
+from .deepgram import DeepgramSTT as DeepgramSTT
+from .openai_audio import OpenAISTT as OpenAISTT
+from .openai_audio import OpenAITTS as OpenAITTS
