@@ -158,7 +158,7 @@ async def test_keepalive_while_no_audio_and_closestream_at_the_end(autojump_cloc
 
 
 @pytest.mark.parametrize(("fake_options", "stt_options", "message"), [
-    ({}, {"api_key": "wrong"}, "Deepgram refused the connection \\(check the API key\\): 401"),
+    ({}, {"api_key": "wrong"}, "DeepgramSTT: the server refused the connection \\(check the API key\\): 401"),
     ({"misbehave": "garbage"}, {}, "Deepgram sent something unreadable"),
     ({"misbehave": "drop"}, {}, "Deepgram closed the stream"),
 ])  # fmt: skip

@@ -218,3 +218,11 @@ async def test_max_tokens_temperature_and_extra_body_are_sent(nursery: trio.Nurs
     await collect(OpenAILLM(model="text", base_url=f"http://127.0.0.1:{port}/v1", temperature=0.2, extra_body={"top_k": 5}))
     body = server.requests[0]["body"]
     assert (body["max_tokens"], body["temperature"], body["top_k"]) == (300, 0.2, 5)
+
+
+async def test_with_equal_timeouts_a_stall_midway_is_still_called_a_stall(nursery: trio.Nursery) -> None:
+    server = FakeOpenAI()
+    port = await nursery.start(serve, server)
+    llm = OpenAILLM(model="stall", base_url=f"http://127.0.0.1:{port}/v1", first_token_timeout=0.3, chunk_timeout=0.3)
+    with pytest.raises(ProviderTimeout, match="stalled for 0.3 s"):
+        await collect(llm)

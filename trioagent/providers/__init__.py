@@ -22,3 +22,5 @@ from .fallback import ProviderSwitched as ProviderSwitched
 from .deepgram import DeepgramSTT as DeepgramSTT
 from .openai_audio import OpenAISTT as OpenAISTT
 from .openai_audio import OpenAITTS as OpenAITTS
+from .ws_tts import CartesiaTTS as CartesiaTTS
+from .ws_tts import ElevenLabsTTS as ElevenLabsTTS

@@ -14,7 +14,6 @@ import logging
 
 import os
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
@@ -22,15 +21,11 @@ import trio_websocket
 from .._proto import deepgram as dg
 from ..audio.frame import AudioFrame
 from ..errors import ProtocolError, ProviderError, sole_error
+from . import _ws
+from ._ws import open_websocket
 from .base import TranscriptEvent
 
 __all__ = ["DeepgramSTT"]
-
-
-def _refused(exc: BaseException) -> ProviderError:
-    status = getattr(exc, "status_code", None)
-    hint = " (check the API key)" if status in (401, 403) else ""
-    return ProviderError(f"Deepgram refused the connection{hint}: {status or exc}", provider="DeepgramSTT", stage="stt", retryable=status == 429)
 
 _log = logging.getLogger("trioagent.providers.deepgram")
 _PROVIDER = "DeepgramSTT"
@@ -88,19 +83,8 @@ class DeepgramSTT:
         self.open_stream = open_stream
 
     async def _connect(self, nursery: trio.Nursery) -> trio_websocket.WebSocketConnection:
-        headers = [(b"Authorization", f"Token {self.api_key}".encode())]
-        try:
-            with trio.fail_after(self.connect_timeout):
-                if self.open_stream is not None:
-                    parts = urlsplit(self.url)
-                    stream = await self.open_stream()
-                    resource = f"{parts.path}?{parts.query}"
-                    return await trio_websocket.wrap_client_stream(nursery, stream, parts.hostname or "localhost", resource, extra_headers=headers)  # type: ignore[arg-type]
-                return await trio_websocket.connect_websocket_url(nursery, self.url, extra_headers=headers)
-        except trio_websocket.HandshakeError as exc:
-            raise _refused(exc) from None
-        except (OSError, trio.TooSlowError) as exc:
-            raise ProviderError(f"cannot connect to Deepgram: {type(exc).__name__} {exc}".strip(), provider=_PROVIDER, stage="stt", retryable=True) from None
+        headers = [("Authorization", f"Token {self.api_key}")]
+        return await open_websocket(nursery, self.url, headers, provider=_PROVIDER, stage="stt", timeout=self.connect_timeout, open_stream=self.open_stream)
 
     async def run(self, audio: trio.abc.ReceiveChannel[AudioFrame], events: trio.abc.SendChannel[TranscriptEvent]) -> None:
         try:
@@ -110,7 +94,7 @@ class DeepgramSTT:
             refused, _ = group.split(trio_websocket.HandshakeError)
             if refused is None:
                 raise
-            raise _refused(sole_error(refused)) from None
+            raise _ws.refused(sole_error(refused), _PROVIDER, "stt") from None
 
     async def _run(self, audio: trio.abc.ReceiveChannel[AudioFrame], events: trio.abc.SendChannel[TranscriptEvent]) -> None:
         async with audio, events, trio.open_nursery() as nursery:

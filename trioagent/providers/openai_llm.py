@@ -154,7 +154,7 @@ class OpenAILLM:
         sse = SSEParser()
         decoder = ChatStreamDecoder()
         chunks = response.aiter_bytes()
-        timeout = self.first_token_timeout
+        timeout, progressed = self.first_token_timeout, False
         try:
             while not decoder.done:
                 with trio.move_on_at(deadline) as waited:
@@ -163,10 +163,10 @@ class OpenAILLM:
                     except StopAsyncIteration:
                         break
                 if waited.cancelled_caught:
-                    what = "sent nothing" if timeout == self.first_token_timeout else "stalled"
+                    what = "stalled" if progressed else "sent nothing"
                     raise ProviderTimeout(f"{url} {what} for {timeout:g} s", provider="OpenAILLM", stage="llm")
                 for event in sse.feed(data):  # (comments make no event: keep-alives are no progress)
-                    timeout = self.chunk_timeout
+                    timeout, progressed = self.chunk_timeout, True
                     deadline = trio.current_time() + timeout
                     if decoder.done:
                         break
