@@ -21,8 +21,8 @@ import trio_websocket
 from .._proto import deepgram as dg
 from ..audio.frame import AudioFrame
 from ..errors import ProtocolError, ProviderError, sole_error
-from . import _ws
-from ._ws import open_websocket
+
+from ._ws import open_websocket, refused
 from .base import TranscriptEvent
 
 __all__ = ["DeepgramSTT"]
@@ -91,10 +91,10 @@ class DeepgramSTT:
             await self._run(audio, events)
         except BaseExceptionGroup as group:
             # (trio-websocket's own reader task, in our nursery, reports a refused handshake)
-            refused, _ = group.split(trio_websocket.HandshakeError)
-            if refused is None:
+            rejected, _ = group.split(trio_websocket.HandshakeError)
+            if rejected is None:
                 raise
-            raise _ws.refused(sole_error(refused), _PROVIDER, "stt") from None
+            raise refused(sole_error(rejected), _PROVIDER, "stt") from None
 
     async def _run(self, audio: trio.abc.ReceiveChannel[AudioFrame], events: trio.abc.SendChannel[TranscriptEvent]) -> None:
         async with audio, events, trio.open_nursery() as nursery:
