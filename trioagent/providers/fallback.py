@@ -25,7 +25,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import trio
@@ -154,8 +154,22 @@ async def _first_then_rest(
     raise last
 
 
+class _Reports:
+    """`on_switch`, kept by the fallback's chain (`Switching`)."""
+
+    _chain: _Chain[Any]
+
+    @property
+    def on_switch(self) -> Callable[[ProviderSwitched], None] | None:
+        return self._chain.on_switch
+
+    @on_switch.setter
+    def on_switch(self, callback: Callable[[ProviderSwitched], None] | None) -> None:
+        self._chain.on_switch = callback
+
+
 @attrs.define(eq=False)
-class FallbackLLM:
+class FallbackLLM(_Reports):
     """LLMs tried in order (see the module docstring).
 
     Args:
@@ -175,20 +189,12 @@ class FallbackLLM:
     def __attrs_post_init__(self) -> None:
         self._chain = _Chain("llm", list(self.llms), self.cooldown, self.max_cooldown)
 
-    @property
-    def on_switch(self) -> Callable[[ProviderSwitched], None] | None:
-        return self._chain.on_switch
-
-    @on_switch.setter
-    def on_switch(self, callback: Callable[[ProviderSwitched], None] | None) -> None:
-        self._chain.on_switch = callback
-
     def chat(self, chat_context: ChatContext, tools: Sequence[FunctionTool]) -> AsyncIterator[LLMChunk]:
         return _first_then_rest(self._chain, lambda llm: llm.chat(chat_context, tools), self.first_timeout)
 
 
 @attrs.define(eq=False)
-class FallbackTTS:
+class FallbackTTS(_Reports):
     """TTSs tried in order (see the module docstring). Audio of a provider with another rate is
     resampled to the first one's (`sample_rate`)."""
 
@@ -205,14 +211,6 @@ class FallbackTTS:
     def sample_rate(self) -> int:
         return self.ttss[0].sample_rate
 
-    @property
-    def on_switch(self) -> Callable[[ProviderSwitched], None] | None:
-        return self._chain.on_switch
-
-    @on_switch.setter
-    def on_switch(self, callback: Callable[[ProviderSwitched], None] | None) -> None:
-        self._chain.on_switch = callback
-
     def synthesize(self, text: str) -> AsyncIterator[AudioFrame]:
         return _first_then_rest(self._chain, lambda tts: self._at_rate(tts, text), self.first_timeout)
 
@@ -224,7 +222,7 @@ class FallbackTTS:
 
 
 @attrs.define(eq=False)
-class FallbackSTT:
+class FallbackSTT(_Reports):
     """STTs in order (see the module docstring): when the current one fails, the next takes the
     stream, with the last `replay` seconds of audio sent to it again. All must take audio at
     the first one's `sample_rate` (the others get it resampled)."""
@@ -241,14 +239,6 @@ class FallbackSTT:
     @property
     def sample_rate(self) -> int:
         return self.stts[0].sample_rate
-
-    @property
-    def on_switch(self) -> Callable[[ProviderSwitched], None] | None:
-        return self._chain.on_switch
-
-    @on_switch.setter
-    def on_switch(self, callback: Callable[[ProviderSwitched], None] | None) -> None:
-        self._chain.on_switch = callback
 
     async def run(self, audio: trio.abc.ReceiveChannel[AudioFrame], events: trio.abc.SendChannel[TranscriptEvent]) -> None:
         recent = PreRoll(seconds=self.replay)
