@@ -24,3 +24,5 @@ from .openai_audio import OpenAISTT as OpenAISTT
 from .openai_audio import OpenAITTS as OpenAITTS
 from .ws_tts import CartesiaTTS as CartesiaTTS
 from .ws_tts import ElevenLabsTTS as ElevenLabsTTS
+from .local_models import PiperTTS as PiperTTS
+from .local_models import WhisperSTT as WhisperSTT

@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import wave
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-import numpy as np
 import trio
 
 from ..audio.frame import FRAME_DURATION, AudioFrame
 from ..errors import ProviderError, ProviderTimeout
-from .base import TranscriptEvent
-from .vad import EnergyVAD, PreRoll
+from .segments import SegmentSTT
+from .vad import EnergyVAD
 
 __all__ = ["OpenAISTT", "OpenAITTS"]
 
@@ -163,7 +161,7 @@ class OpenAITTS(_Endpoint):
             yield AudioFrame.from_pcm16(pending[:usable], TTS_RATE)
 
 
-class OpenAISTT(_Endpoint):
+class OpenAISTT(_Endpoint, SegmentSTT):
     """Speech to text over ``/v1/audio/transcriptions``, one request per VAD speech segment.
 
     Args:
@@ -194,13 +192,11 @@ class OpenAISTT(_Endpoint):
         connect_timeout: float = 5.0,
         first_timeout: float = 15.0,
     ) -> None:
-        super().__init__(base_url, api_key, connect_timeout, first_timeout, first_timeout)
+        _Endpoint.__init__(self, base_url, api_key, connect_timeout, first_timeout, first_timeout)
+        SegmentSTT.__init__(self, sample_rate, vad, preroll)
         self.model = model
         self.language = language
         self.prompt = prompt
-        self.sample_rate = sample_rate
-        self.vad = vad or EnergyVAD(sample_rate=sample_rate)
-        self.preroll = preroll
 
     def _check_type(self, url: str, kind: str) -> None:
         if not kind.startswith("application/json"):
@@ -229,42 +225,6 @@ class OpenAISTT(_Endpoint):
         if not isinstance(text, str):
             raise ProviderError(f"{self.base_url}/audio/transcriptions: text is not a string", provider=self.provider)
         return text.strip()
-
-    async def run(self, audio: trio.abc.ReceiveChannel[AudioFrame], events: trio.abc.SendChannel[TranscriptEvent]) -> None:
-        segments_in, segments_out = trio.open_memory_channel[bytes](math.inf)  # (speech: small, and the VAD paces it)
-        failure: ProviderError | None = None
-
-        async def transcriber() -> None:
-            nonlocal failure
-            async with segments_out, events:
-                try:
-                    async for pcm in segments_out:
-                        text = await self.transcribe(pcm)
-                        if text:
-                            await events.send(TranscriptEvent(text, True, trio.current_time()))
-                except ProviderError as exc:
-                    failure = exc
-                    nursery.cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(transcriber)
-            async with audio, segments_in:
-                recent = PreRoll(seconds=self.preroll + 1.0)
-                segment: list[AudioFrame] | None = None
-                async for frame in audio:
-                    if frame.sample_rate != self.sample_rate:
-                        raise ProviderError(f"OpenAISTT takes {self.sample_rate} Hz, got {frame.sample_rate} Hz", provider=self.provider)
-                    recent.push(frame)
-                    for event in self.vad.process(frame):
-                        if event.kind == "start":
-                            segment = recent.since(event.time - self.preroll)
-                        elif segment is not None:
-                            segments_in.send_nowait(np.concatenate([f.samples for f in segment]).astype("<i2").tobytes())
-                            segment = None
-                    if segment is not None and segment[-1].end_time < frame.end_time:
-                        segment.append(frame)
-        if failure is not None:
-            raise failure  # (out here: bare, not in the nursery's exception group)
 
 
 def wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
