@@ -116,6 +116,10 @@ class WhisperSTT(SegmentSTT):
         segments, _ = model.transcribe(audio, language=self.language, beam_size=self.beam_size, vad_filter=False, condition_on_previous_text=False)
         return " ".join(s.text.strip() for s in segments).strip()
 
+    async def warm_up(self) -> None:
+        """Load the model (once per process) in a worker thread, before the first segment."""
+        await run_blocking(self._model)
+
     async def transcribe(self, pcm: bytes) -> str:
         """The text of one segment, decoded in a worker thread. A checkpoint."""
         try:

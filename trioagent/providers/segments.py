@@ -31,6 +31,10 @@ class SegmentSTT:
     async def transcribe(self, pcm: bytes) -> str:
         raise NotImplementedError
 
+    async def warm_up(self) -> None:
+        """Get ready before the first segment (load a model); nothing by default. A checkpoint."""
+        await trio.lowlevel.checkpoint()
+
     async def run(self, audio: trio.abc.ReceiveChannel[AudioFrame], events: trio.abc.SendChannel[TranscriptEvent]) -> None:
         segments_in, segments_out = trio.open_memory_channel[bytes](math.inf)  # (speech: small, and the VAD paces it)
         failure: ProviderError | None = None
@@ -48,6 +52,7 @@ class SegmentSTT:
                     nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
+            await self.warm_up()  # (while the first words are still being said, not after them)
             nursery.start_soon(transcriber)
             async with audio, segments_in:
                 recent = PreRoll(seconds=self.preroll + 1.0)
