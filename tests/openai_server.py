@@ -166,6 +166,10 @@ class FakeOpenAI:
             name = head.split(b'name="')[1].split(b'"')[0].decode()
             fields[name] = content if name == "file" else content.decode()
         self.requests.append({"path": path, "headers": headers, "body": fields})
+        if self.transcripts and self.transcripts[0] == "garbage":
+            self.transcripts.pop(0)
+            await answer(200, b'{"txt": 1}', "application/json")
+            return
         if self.transcripts and self.transcripts[0] == "error":
             self.transcripts.pop(0)
             await answer(503, b'{"error": {"message": "overloaded"}}', "application/json")

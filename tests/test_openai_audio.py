@@ -106,12 +106,13 @@ async def test_stt_posts_each_speech_segment_as_wav(nursery: trio.Nursery) -> No
         openai_audio.Transcription.model_validate(answer)
 
 
-async def test_stt_error_ends_the_stream_with_a_provider_error(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize(("answer", "message"), [("error", "answered HTTP 503"), ("garbage", "not a transcription")])
+async def test_stt_error_ends_the_stream_with_a_provider_error(nursery: trio.Nursery, answer: str, message: str) -> None:
     server = FakeOpenAI()
-    server.transcripts = ["error"]
+    server.transcripts = [answer]
     port = await nursery.start(serve, server)
     stt = OpenAISTT(base_url=f"http://127.0.0.1:{port}/v1")
     with pytest.raises(ExceptionGroup) as info:
         await run_stt(stt, list(speech(1.0)) + list(silence(1.0)))
     (error,) = info.value.exceptions  # the one error, bare
-    assert isinstance(error, ProviderError) and "answered HTTP 503" in str(error) and error.retryable
+    assert isinstance(error, ProviderError) and message in str(error)
