@@ -33,6 +33,7 @@ from .audio.mixer import TickClock
 from .auth import TokenError, verify_token
 from .errors import CloseCode, ProtocolError
 from .mcp import MCPServerError
+from .observe import ServerMetrics, metrics_available
 from .pipeline.base import Pipeline
 from .session import AgentSession
 from .transports.websocket import BrowserTransport, RealtimeTransport, TwilioTransport, _WebSocketTransport
@@ -130,6 +131,13 @@ class Server:
     _open: int = attrs.field(init=False, default=0)  # connections with a session or still closing
     _shutdown: trio.Event = attrs.field(factory=trio.Event)
     _idle: trio.Event = attrs.field(factory=trio.Event)
+    metrics: ServerMetrics | None = attrs.field(init=False, default=None)
+    """The Prometheus metrics (`GET /metrics`), when prometheus-client is installed."""
+
+    @property
+    def ready(self) -> bool:
+        """Takes new sessions (`GET /readyz`): not draining and below `max_sessions`."""
+        return not self._shutdown.is_set() and self.active < self.max_sessions
 
     @property
     def transports(self) -> list[_WebSocketTransport]:
@@ -162,7 +170,11 @@ class Server:
             tcp = await trio.open_tcp_listeners(port, host=host)
             self.port = tcp[0].socket.getsockname()[1]
             listeners = list(tcp)
+        if metrics_available():
+            self.metrics = ServerMetrics(lambda: self.active)
         async with trio.open_nursery() as sessions:
+            if self.metrics is not None:
+                await sessions.start(self.metrics.measure_loop_lag)
             # A few shared clocks, evenly out of phase: each session joins the least used, so the
             # mixing work of many sessions is spread over the 20 ms instead of landing at once.
             for j in range(max(1, self.tick_phases)):
@@ -258,6 +270,9 @@ class Server:
             else:
                 await self._plain(stream, 405, b"method not allowed", extra=[("allow", "GET, HEAD")])
             return None
+        if path.path in ("/healthz", "/readyz", "/metrics") and not upgrade:
+            await self._probe(stream, request, path.path, query, headers)
+            return None
         if path.path not in ("/ws", "/twilio", *REALTIME_PATHS):
             await self._plain(stream, 404, b"not found")
             return None
@@ -276,6 +291,32 @@ class Server:
         if path.path in REALTIME_PATHS and bearer[:7].lower() == b"bearer ":
             query["token"] = bearer[7:].decode("latin-1").strip()  # (Realtime clients send the key so)
         return path.path, query, head
+
+    async def _probe(self, stream: trio.abc.Stream, request: h11.Request, path: str, query: dict[str, str], headers: dict[bytes, bytes]) -> None:
+        """``/healthz`` (alive), ``/readyz`` (503 while draining or full), ``/metrics``
+        (Prometheus text; with a secret, a token as a Bearer header or ``?token=``)."""
+        head_only = request.method == b"HEAD"
+        if request.method not in (b"GET", b"HEAD"):
+            await self._plain(stream, 405, b"method not allowed", extra=[("allow", "GET, HEAD")])
+        elif path == "/healthz":
+            await self._plain(stream, 200, b"ok\n", head_only=head_only)
+        elif path == "/readyz":
+            if self.ready:
+                await self._plain(stream, 200, b"ready\n", head_only=head_only)
+            else:
+                await self._plain(stream, 503, b"draining\n" if self._shutdown.is_set() else b"full\n", head_only=head_only)
+        elif self.metrics is None:
+            await self._plain(stream, 501, b"metrics need prometheus-client: pip install -e '.[metrics]'\n")
+        else:
+            bearer = headers.get(b"authorization", b"")
+            token = bearer[7:].decode("latin-1").strip() if bearer[:7].lower() == b"bearer " else query.get("token")
+            try:
+                self._check_token(token)
+            except TokenError as exc:
+                await self._plain(stream, 401, f"unauthorized: {exc}\n".encode())
+                return
+            body, kind = self.metrics.render()
+            await self._plain(stream, 200, body, kind, head_only=head_only)
 
     async def _read_request(self, stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes]:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
@@ -337,6 +378,8 @@ class Server:
             self._idle.set()
         if conn.drained and code == CloseCode.NORMAL:
             code, reason = CloseCode.GOING_AWAY, "server shutting down"
+        if self.metrics is not None and conn.session is not None:
+            self.metrics.session_ended(conn.session, code)
         try:
             await self._close(ws, code, reason)
         finally:
@@ -418,6 +461,8 @@ class Server:
         session = AgentSession(agent, pipeline, transport=transport, tick_clock=clock)
         if isinstance(transport, BrowserTransport | RealtimeTransport):
             transport.attach(session)
+        if self.metrics is not None:
+            self.metrics.watch(session)
         if self.on_session is not None:
             self.on_session(session)  # e.g. to subscribe to its events, before it starts
         self.sessions_started += 1

@@ -1,0 +1,67 @@
+"""`/healthz`, `/readyz` and `/metrics` (Prometheus text, parsed with prometheus_client's own
+parser) on the server's port; the counters move with real calls."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trioagent.auth import mint_token
+
+from .netkit import SECRET, raw_exchange, start_memory_server
+from .test_server import browser_conversation
+
+parser = pytest.importorskip("prometheus_client.parser")
+
+
+def get(path: str, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+
+
+def status_and_body(raw: bytes) -> tuple[int, str]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body.decode()
+
+
+def samples(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for family in parser.text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+async def test_health_readiness_and_metrics_move_with_calls(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    server, listener = await start_memory_server(nursery)
+    assert status_and_body(await raw_exchange(listener, get("/healthz"), read_for=1)) == (200, "ok\n")
+    assert status_and_body(await raw_exchange(listener, get("/readyz"), read_for=1)) == (200, "ready\n")
+    status, body = status_and_body(await raw_exchange(listener, get("/metrics"), read_for=1))
+    assert (status, body) == (401, "unauthorized: a token is required\n")
+    await browser_conversation(listener)
+    await trio.sleep(1.0)  # (the loop-lag task has ticked meanwhile)
+    status, body = status_and_body(await raw_exchange(listener, get("/metrics", mint_token(SECRET)), read_for=1))
+    assert status == 200
+    got = samples(body)
+    assert got["trioagent_sessions_started_total"] == 1
+    assert got["trioagent_sessions_ended_total{code=1000}"] == 1
+    assert got["trioagent_active_sessions"] == 0
+    assert got["trioagent_turns_total"] >= 1 and got["trioagent_reply_latency_seconds_count"] >= 1
+    assert got["trioagent_event_loop_lag_seconds_count"] >= 40
+    assert "trioagent_mixer_underruns_total" in got
+
+
+async def test_readyz_is_503_at_capacity_and_while_draining(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    from .netkit import browser_client
+
+    server, listener = await start_memory_server(nursery, max_sessions=1)
+    _, client = await browser_client(nursery, listener)
+    with trio.fail_after(5):
+        while server.active < 1:
+            await trio.sleep(0.01)
+    assert status_and_body(await raw_exchange(listener, get("/readyz"), read_for=1)) == (503, "full\n")
+    server.shutdown()
+    await trio.sleep(0)
+    assert not server.ready

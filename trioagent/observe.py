@@ -1,0 +1,91 @@
+"""What a server exposes to be watched: Prometheus metrics (through `prometheus-client`, the
+``.[metrics]`` extra) for ``GET /metrics``, next to ``/healthz`` and ``/readyz``.
+
+Each `Server` has its own registry (tests and several servers in one process stay apart). The
+counters move with the sessions' own events: a session's start and end (by close code), each
+turn's end-to-end latency, interruptions, provider errors (by provider and stage), the mixer's
+underruns (added when a session ends), and the event loop's lag (a task that sleeps one 20 ms
+tick and records how late it woke).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from .session import AgentSession
+
+__all__ = ["ServerMetrics", "metrics_available"]
+
+LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+TICK = 0.02
+
+
+def metrics_available() -> bool:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class ServerMetrics:
+    """The metrics of one server. Requires prometheus-client."""
+
+    def __init__(self, active: Any) -> None:
+        """`active`: a function giving the number of sessions running now."""
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.active = Gauge("trioagent_active_sessions", "Sessions running now", registry=r)
+        self.active.set_function(active)
+        self.started = Counter("trioagent_sessions_started", "Sessions started", registry=r)
+        self.ended = Counter("trioagent_sessions_ended", "Sessions ended, by WebSocket close code", ["code"], registry=r)
+        self.turns = Counter("trioagent_turns", "Turns answered (replies that reached the transport or were cut)", registry=r)
+        self.interrupted = Counter("trioagent_turns_interrupted", "Answers cut by the user's speech or interrupt()", registry=r)
+        self.reply_latency = Histogram(
+            "trioagent_reply_latency_seconds", "From the end of the user's speech to the first audio of the answer", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.provider_errors = Counter("trioagent_provider_errors", "Provider failures, by provider and stage", ["provider", "stage"], registry=r)
+        self.underruns = Counter("trioagent_mixer_underruns", "Mixer ticks handled a frame late or skipped (summed at session end)", registry=r)
+        self.loop_lag = Histogram("trioagent_event_loop_lag_seconds", "How late a 20 ms sleep woke up", buckets=LAG_BUCKETS, registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def watch(self, session: AgentSession) -> None:
+        """Count `session`'s events (call before it starts)."""
+        self.started.inc()
+
+        def on_metrics(m: Any) -> None:
+            self.turns.inc()
+            if m.interrupted:
+                self.interrupted.inc()
+            if m.e2e_latency is not None:
+                self.reply_latency.observe(max(0.0, m.e2e_latency))
+
+        def on_error(e: Any) -> None:
+            provider = getattr(e.error, "provider", "") or type(e.error).__name__
+            self.provider_errors.labels(provider=provider, stage=e.stage or "unknown").inc()
+
+        session.on("metrics_collected", on_metrics)
+        session.on("error", on_error)
+
+    def session_ended(self, session: AgentSession, code: int) -> None:
+        self.ended.labels(code=str(code)).inc()
+        self.underruns.inc(session.mixer.statistics().underruns)
+
+    async def measure_loop_lag(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sleep a tick at a time, forever, recording how late each wake-up is."""
+        task_status.started()
+        while True:
+            due = trio.current_time() + TICK
+            await trio.sleep_until(due)
+            self.loop_lag.observe(max(0.0, trio.current_time() - due))
