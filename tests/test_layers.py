@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1] / "trioagent"
 
 # DESIGN.md's layers, bottom first. A module may import its own layer and those below.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "audio", "_proto", "chat", "sentences", "states", "_compute"),
+    ("errors", "audio", "_proto", "chat", "sentences", "states", "_compute", "tracing"),
     ("tools", "metrics", "scheduler", "events"),
     ("providers", "transports", "utterance", "mcp", "agent", "flow"),
     ("pipeline", "session"),

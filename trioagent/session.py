@@ -35,6 +35,7 @@ from .audio.player import BackgroundAudioHandlerConfig, BackgroundAudioPlayer
 from .chat import ChatItem, ChatMessage, ChatRole, FunctionCall, FunctionCallOutput
 from .errors import ProviderError, SessionClosed, sole_error
 from .events import CloseEvent, ConversationItemAdded, ErrorEvent, EventEmitter, SpeechCreated, UserInputTranscribed
+from . import tracing
 from .flow import ConversationFlow
 from .mcp import MCPServerError
 from .metrics import TurnMetrics
@@ -135,6 +136,8 @@ class AgentSession(EventEmitter):
         self.mixer = Mixer(sample_rate=self.transport.output_sample_rate)
         self.metrics: list[TurnMetrics] = []
         """Every turn's metrics, in order."""
+        self._span: tracing.Span | None = None
+        self._turn_spans: dict[str, tracing.Span | None] = {}
         self.failure: Exception | None = None
         """What ended the session, if its pipeline failed (a provider's stream died)."""
         agent.session = self  # (mypy checks AgentSession offers all AgentSessionAPI names)
@@ -355,6 +358,7 @@ class AgentSession(EventEmitter):
 
     async def _start(self) -> None:
         nursery = self._require_nursery()
+        self._span = tracing.start("trioagent.session", self._span_attributes())
         self._update_states()
         await self._connect_mcp(self.agent)
         self.pipeline.attach(self._host)
@@ -460,6 +464,11 @@ class AgentSession(EventEmitter):
                     await self._tasks_done.wait()
         self.on_wake_up = None
         self._closed.set()
+        for span in self._turn_spans.values():
+            tracing.end(span, {"trioagent.interrupted": True})
+        self._turn_spans.clear()
+        tracing.end(self._span, {"trioagent.close_reason": reason, "trioagent.turns": len(self.metrics)}, error)
+        self._span = None
         # Every session task has ended, so async callbacks of `close` run here (bounded).
         with trio.move_on_after(self.close_grace, shield=True):
             await self.emit_and_wait("close", CloseEvent(reason, error))
@@ -557,7 +566,23 @@ class AgentSession(EventEmitter):
             await trio.lowlevel.checkpoint()
         return handle
 
+    def _span_attributes(self) -> dict[str, Any]:
+        pipeline = self.pipeline
+        parts = {f"trioagent.{part}": type(getattr(pipeline, part)).__name__ for part in ("stt", "llm", "tts", "vad", "model") if getattr(pipeline, part, None) is not None}
+        mcp = self.agent.mcp_manager
+        return {
+            "trioagent.agent": type(self.agent).__name__,
+            "trioagent.pipeline": type(pipeline).__name__,
+            **parts,
+            "trioagent.function_tools": [t.name for t in self.agent.own_tools],
+            "trioagent.mcp_servers": [server.label for server in mcp.servers] if mcp is not None else None,
+        }
+
     def _submit(self, utterance: Utterance) -> None:
+        if self._span is not None:
+            self._turn_spans[utterance.handle.id] = tracing.start(
+                "trioagent.utterance", {"trioagent.source": utterance.source.value, "trioagent.agent": type(self.agent).__name__}, self._span
+            )
         self.emit("speech_created", SpeechCreated(utterance.handle, utterance.source))
         self._scheduler.submit(utterance)
 
@@ -655,6 +680,22 @@ class AgentSession(EventEmitter):
                 first_audio_at=handle.started_at,
             )
             self._emit_metrics(utterance.metrics)
+        m = utterance.metrics
+        tracing.end(
+            self._turn_spans.pop(utterance.handle.id, None),
+            {
+                "trioagent.interrupted": utterance.handle.interrupted,
+                "trioagent.e2e_latency": m.e2e_latency,
+                "trioagent.end_of_utterance_delay": m.end_of_utterance_delay,
+                "trioagent.stt_final_latency": m.stt_final_latency,
+                "trioagent.llm_ttft": m.llm_ttft,
+                "trioagent.tts_ttfb": m.tts_ttfb,
+                "trioagent.tool_calls": m.tool_calls,
+                "trioagent.prompt_tokens": m.prompt_tokens,
+                "trioagent.completion_tokens": m.completion_tokens,
+                "trioagent.provider_switches": m.provider_switches,
+            },
+        )
         agent, self._handoff = self._handoff, None
         if agent is not None and not self._close_started:
             self._require_nursery().start_soon(self._hand_over, agent)
