@@ -80,8 +80,9 @@ def tone(seconds: float, loud: bool) -> list[bytes]:
     return out
 
 
-async def call(front: int, results: list[str]) -> None:
-    """One call: hello, a second of speech and of quiet (in real time), until the agent's audio."""
+async def call(front: int, results: list[str], speaking: float = 1.0, quiet: float = 1.5) -> None:
+    """One call: hello, `speaking` seconds of speech and `quiet` of quiet (in real time), until
+    the agent's audio."""
     try:
         async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{front}/ws") as ws:
             await ws.send_message(json.dumps({"type": "hello", "sample_rate": 16000, "output_sample_rate": 24000}))
@@ -95,14 +96,16 @@ async def call(front: int, results: list[str]) -> None:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(listen)
-                for frame in tone(1.0, True) + tone(1.5, False):
+                for frame in tone(speaking, True) + tone(quiet, False):
                     await ws.send_message(frame)
                     await trio.sleep(0.02)
                 with trio.fail_after(10):
                     await heard.wait()
                 nursery.cancel_scope.cancel()
             results.append("answered")
-    except trio_websocket.ConnectionClosed as exc:
+    except* trio_websocket.ConnectionClosed as group:
+        exc = group.exceptions[0]
+        assert isinstance(exc, trio_websocket.ConnectionClosed)
         results.append(f"closed {exc.reason.code if exc.reason else None}")
 
 

@@ -163,6 +163,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         parser_.add_argument("--max-sessions", type=int, default=200, help="sessions at once; more get close 1013")
         parser_.add_argument("--grace", type=_positive, default=10.0, help="seconds running sessions get on SIGTERM")
         parser_.add_argument("--factory-timeout", type=_positive, default=10.0, help="seconds the factory may take for a session (then close 1011)")
+        parser_.add_argument("--workers", type=int, default=1, help="worker processes, each one trio thread (0: one per core); connections go to the one with the fewest sessions")
+        parser_.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # (a worker: connections come on this Unix socket)
         parser_.set_defaults(handler=_serve)
         commands[command] = parser_
 
@@ -268,6 +270,8 @@ async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> 
     from .server import Server, serve
 
     await check_factory(factory, args.factory, args.factory_timeout)
+    if args.fd is not None:
+        return await _worker(args, factory)
     try:
         # Resolve and bind before anything else: a bad address is a usage error, found now.
         listeners = await trio.open_tcp_listeners(args.port, host=args.host)
@@ -282,6 +286,9 @@ async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> 
             raise UsageError(f"{args.host} is not an address of this machine; use one (e.g. 127.0.0.1 or 0.0.0.0)") from None
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     port = listeners[0].socket.getsockname()[1]
+    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
+    if workers > 1:
+        return await _supervise(args, listeners, port, workers)
     signalled: list[int] = []
     async with trio.open_nursery() as nursery:
 
@@ -315,6 +322,91 @@ async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> 
     if signalled == [signal.SIGINT]:
         print(f"trioagent {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return 0
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """The serve options a worker needs (it does not listen: the supervisor does)."""
+    out = [args.factory, "--max-sessions", str(args.max_sessions), "--grace", str(args.grace), "--factory-timeout", str(args.factory_timeout)]
+    out += ["--secret", args.secret] if args.secret else ["--insecure"]
+    for origin in args.origin or []:
+        out += ["--origin", origin]
+    return out
+
+
+async def _supervise(args: argparse.Namespace, listeners: list[trio.SocketListener], port: int, workers: int) -> int:
+    from .workers import Supervisor, worker_argv
+
+    supervisor = Supervisor(worker_argv(_worker_args(args)), workers, grace=args.grace)
+    signalled: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            await supervisor.run(listeners, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        await nursery.start(run)
+        print(f"trioagent: serving on http://{args.host}:{port}/ with {workers} worker processes", flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    print("trioagent: SIGHUP: replacing the workers one by one", flush=True)
+                    nursery.start_soon(supervisor.roll)
+                    continue
+                if signalled:
+                    raise KeyboardInterrupt
+                signalled.append(signum)
+                print(f"trioagent: {signal.Signals(signum).name}: draining the workers for up to {args.grace:g} s", flush=True)
+                await supervisor.drain()
+    if signalled == [signal.SIGINT]:
+        print(f"trioagent {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+async def _worker(args: argparse.Namespace, factory: Callable[[], Any]) -> int:
+    """A worker process: serve the connections the supervisor passes on `--fd`."""
+    from .server import Server, serve
+    from .workers import FdListener
+
+    # Ctrl-C and SIGHUP reach the whole process group: the supervisor decides what they mean.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    holder: list[Server] = []
+    listener = FdListener(args.fd, lambda: holder[0].shutdown() if holder else None)
+    async with trio.open_nursery() as nursery:
+
+        async def run(task_status: trio.TaskStatus[Server]) -> None:
+            await serve(
+                factory,
+                secret=args.secret,
+                allowed_origins=set(args.origin) if args.origin else None,
+                max_sessions=args.max_sessions,
+                grace=args.grace,
+                factory_timeout=args.factory_timeout,
+                listeners=[listener],
+                task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()
+
+        server: Server = await nursery.start(run)
+        holder.append(server)
+
+        async def drain_on_sigterm() -> None:  # (a SIGTERM to the whole group: drain, as asked)
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    server.shutdown()
+
+        nursery.start_soon(drain_on_sigterm)
+        last = -1
+        while True:  # report the session count when it changes
+            if server.active != last:
+                last = server.active
+                try:
+                    await listener.report(last)
+                except OSError:
+                    server.shutdown()  # (the supervisor is gone)
+            await trio.sleep(0.05)
     return 0
 
 

@@ -1,0 +1,97 @@
+"""`trioagent serve --workers 2` as a real process tree on loopback: calls are answered by the
+workers; a killed worker is restarted; SIGHUP replaces the workers without refusing a
+connection; SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from .test_haproxy import call, free_port, wait_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIOAGENT = str(Path(sys.executable).with_name("trioagent"))
+
+
+def workers_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return sorted(out)
+
+
+async def short_call(port: int, results: list[str]) -> None:
+    await call(port, results, speaking=0.4, quiet=0.8)
+
+
+async def calls(port: int, n: int) -> list[str]:
+    results: list[str] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(short_call, port, results)
+    return results
+
+
+async def test_workers_restart_roll_and_drain() -> None:
+    port = free_port()
+    supervisor = subprocess.Popen(
+        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2", "--grace", "10"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        assert await calls(port, 6) == ["answered"] * 6
+        first = workers_of(supervisor.pid)
+        assert len(first) == 2
+
+        os.kill(first[0], signal.SIGKILL)  # a worker dies: another takes its place
+        deadline = time.monotonic() + 15
+        while len(workers_of(supervisor.pid)) < 2 or first[0] in workers_of(supervisor.pid):
+            assert time.monotonic() < deadline
+            await trio.sleep(0.1)
+        assert await calls(port, 4) == ["answered"] * 4
+
+        # A rolling restart while clients keep connecting: none is refused.
+        before = set(workers_of(supervisor.pid))
+        results: list[str] = []
+        rolled = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def keep_calling() -> None:
+                while not rolled.is_set():  # (then the calls under way finish)
+                    nursery.start_soon(short_call, port, results)
+                    await trio.sleep(0.2)
+
+            nursery.start_soon(keep_calling)
+            await trio.sleep(0.5)
+            supervisor.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while set(workers_of(supervisor.pid)) & before:
+                assert time.monotonic() < deadline
+                await trio.sleep(0.2)
+            rolled.set()
+        assert results and all(r == "answered" for r in results), results
+        assert len(workers_of(supervisor.pid)) == 2
+
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=20) == 0
+        out = supervisor.stdout.read() if supervisor.stdout else ""
+        assert "with 2 worker processes" in out and "SIGHUP" in out and "SIGTERM" in out
+        errors = supervisor.stderr.read() if supervisor.stderr else ""
+        assert "died with status -9" in errors and "Traceback" not in errors
+    finally:
+        supervisor.kill()
+        supervisor.communicate()  # (reaps it and closes its pipes)

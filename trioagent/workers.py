@@ -1,0 +1,202 @@
+"""``trioagent serve --workers N``: one supervisor process and N worker processes, each one trio
+thread running a `Server`.
+
+How this works. The supervisor owns the listening socket and accepts; each connection goes to
+the worker with the fewest sessions (those it reported, plus those handed to it since), passed
+as a file descriptor over a Unix socket pair (``SCM_RIGHTS``). A worker reports its session
+count on that socket whenever it changes. Placing by least sessions, not by chance, is why the
+supervisor accepts: with ``SO_REUSEPORT`` the kernel spreads connections by a hash, and a worker
+at capacity would refuse calls another worker could take.
+
+A worker that dies is restarted (its calls are lost, no others). SIGTERM: the supervisor stops
+accepting and tells every worker to drain (their calls get ``--grace`` seconds, then 1001); it
+exits when they have. SIGHUP: a rolling restart, worker by worker: the new one takes the next
+calls before the old one drains, so no connection is refused.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+__all__ = ["FdListener", "Supervisor"]
+
+_log = logging.getLogger("trioagent.workers")
+
+CONNECTION = b"c"
+DRAIN = b"d"
+
+
+class FdListener(trio.abc.Listener[trio.abc.Stream]):
+    """A worker's side: connections arrive as descriptors on its Unix socket; a drain message
+    calls `on_drain`; `report(n)` tells the supervisor the worker's session count."""
+
+    def __init__(self, fd: int, on_drain: Any) -> None:
+        self._sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+        self._on_drain = on_drain
+        self._closed = False
+
+    async def accept(self) -> trio.abc.Stream:
+        while True:
+            message, ancillary, _, _ = await self._sock.recvmsg(1, socket.CMSG_LEN(array.array("i", [0]).itemsize))
+            if not message:
+                self._on_drain()  # (the supervisor is gone: finish what runs, take nothing new)
+                await trio.sleep_forever()
+            if message == DRAIN:
+                self._on_drain()
+                continue
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                    return trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0])))
+
+    async def report(self, active: int) -> None:
+        await self._sock.send(f"{active}\n".encode())
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await trio.lowlevel.checkpoint()
+
+
+@attrs.define(eq=False)
+class _Worker:
+    number: int
+    process: Any
+    sock: Any
+    active: int = 0
+    handed: int = 0  # connections passed since its last report
+    taking: bool = True
+    exited: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def load(self) -> int:
+        return self.active + self.handed
+
+
+@attrs.define(eq=False)
+class Supervisor:
+    """Runs the workers (`worker_argv` plus ``--fd N``) and passes them connections."""
+
+    worker_argv: Sequence[str]
+    workers: int
+    grace: float = 10.0
+    _pool: list[_Worker] = attrs.field(factory=list)
+    _nursery: trio.Nursery | None = None
+    _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _rolling: trio.Lock = attrs.field(factory=trio.Lock)
+    _numbers: int = 0
+    _stopping: bool = False
+    restarts: int = 0
+
+    async def _spawn(self, nursery: trio.Nursery) -> _Worker:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._numbers += 1
+        process = await trio.lowlevel.open_process([*self.worker_argv, "--fd", str(theirs.fileno())], pass_fds=(theirs.fileno(),))
+        theirs.close()
+        worker = _Worker(self._numbers, process, trio.socket.from_stdlib_socket(ours))
+        self._pool.append(worker)
+        nursery.start_soon(self._watch, worker, nursery)
+        _log.info("worker %d started (pid %d)", worker.number, process.pid)
+        return worker
+
+    async def _watch(self, worker: _Worker, nursery: trio.Nursery) -> None:
+        """Read its reports until it exits; restart it if it died unasked."""
+        buffer = b""
+        while True:
+            try:
+                data = await worker.sock.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            if lines:
+                worker.active, worker.handed = int(lines[-1]), 0
+        code = await worker.process.wait()
+        worker.sock.close()
+        self._pool.remove(worker)
+        worker.exited.set()
+        if worker.taking and not self._stopping:
+            self.restarts += 1
+            _log.error("worker %d (pid %d) died with status %s; its calls are lost; starting another", worker.number, worker.process.pid, code)
+            await self._spawn(nursery)
+
+    async def _hand(self, stream: trio.SocketStream) -> None:
+        taking = [w for w in self._pool if w.taking]
+        if not taking:
+            await stream.aclose()
+            return
+        worker = min(taking, key=lambda w: w.load)
+        fd = stream.socket.fileno()
+        try:
+            await worker.sock.sendmsg([CONNECTION], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+            worker.handed += 1
+        except OSError:
+            _log.warning("could not pass a connection to worker %d", worker.number)
+        await stream.aclose()  # (the worker has its own copy)
+
+    async def run(self, listeners: Sequence[trio.SocketListener], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the workers, pass them connections until `drain()` (SIGTERM), then wait for
+        them to finish."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for _ in range(self.workers):
+                await self._spawn(nursery)
+            with self._accepting:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept, listener)
+                    task_status.started()
+            for listener in listeners:
+                await listener.aclose()
+            with trio.move_on_after(self.grace + 10):
+                while self._pool:
+                    await self._pool[0].exited.wait()
+            for worker in list(self._pool):
+                worker.process.kill()
+            nursery.cancel_scope.cancel()
+
+    async def _accept(self, listener: trio.SocketListener) -> None:
+        while True:
+            stream = await listener.accept()
+            await self._hand(stream)
+
+    async def drain(self) -> None:
+        """Stop accepting; every worker finishes its calls (within its --grace) and exits."""
+        self._stopping = True
+        self._accepting.cancel()
+        for worker in list(self._pool):
+            await self._tell_drain(worker)
+
+    async def _tell_drain(self, worker: _Worker) -> None:
+        worker.taking = False
+        try:
+            await worker.sock.send(DRAIN)
+        except OSError:
+            worker.process.kill()
+
+    async def roll(self) -> None:
+        """Replace the workers one by one: the new one takes calls before the old one drains."""
+        assert self._nursery is not None
+        async with self._rolling:  # (a second SIGHUP waits for the first roll)
+            for old in [w for w in self._pool if w.taking]:
+                if self._stopping:
+                    return
+                await self._spawn(self._nursery)
+                await self._tell_drain(old)
+                await old.exited.wait()
+
+
+def worker_argv(args: Sequence[str]) -> list[str]:
+    """The command line of a worker: this Python, ``-m trioagent serve`` with `args`."""
+    return [sys.executable, "-m", "trioagent", "serve", *args]
+
