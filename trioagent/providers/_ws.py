@@ -12,7 +12,7 @@ import trio_websocket
 
 from ..errors import ProviderError, sole_error
 
-__all__ = ["InlineWebSocket", "WebSocketClosed", "open_websocket", "refused"]
+__all__ = ["InlineWebSocket", "WebSocketClosed", "open_websocket", "refused", "unreachable"]
 
 
 def refused(exc: BaseException, provider: str, stage: str) -> ProviderError:
@@ -20,6 +20,11 @@ def refused(exc: BaseException, provider: str, stage: str) -> ProviderError:
     status = getattr(exc, "status_code", None)
     hint = " (check the API key)" if status in (401, 403) else ""
     return ProviderError(f"{provider}: the server refused the connection{hint}: {status or exc}", provider=provider, stage=stage, retryable=status == 429 or (status or 0) >= 500)
+
+
+def unreachable(exc: BaseException, provider: str, stage: str) -> ProviderError:
+    """A connection that could not be made (or not in time), as the error a user reads."""
+    return ProviderError(f"{provider}: cannot connect: {type(exc).__name__} {exc}".strip(), provider=provider, stage=stage, retryable=True)
 
 
 async def open_websocket(
@@ -54,7 +59,7 @@ async def open_websocket(
             raise
         raise refused(sole_error(rejected), provider, stage) from None
     except (OSError, trio.TooSlowError) as exc:
-        raise ProviderError(f"{provider}: cannot connect: {type(exc).__name__} {exc}".strip(), provider=provider, stage=stage, retryable=True) from None
+        raise unreachable(exc, provider, stage) from None
 
 
 class WebSocketClosed(Exception):
@@ -100,10 +105,11 @@ class InlineWebSocket:
         host = parts.hostname or "localhost"
         secure = parts.scheme in ("wss", "https")
         resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(timeout):
                 if open_stream is not None:
-                    stream: trio.abc.Stream = await open_stream()
+                    stream = await open_stream()
                 elif secure:
                     stream = await trio.open_ssl_over_tcp_stream(host, parts.port or 443)
                 else:
@@ -119,12 +125,14 @@ class InlineWebSocket:
                         if isinstance(event, AcceptConnection):
                             return cls(stream, connection)
                         if isinstance(event, RejectConnection | RejectData):
-                            status = getattr(event, "status_code", None)
-                            with trio.move_on_after(1.0):
-                                await stream.aclose()
-                            raise refused(_Status(status), provider, stage)
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            raise ProviderError(f"{provider}: cannot connect: {type(exc).__name__} {exc}".strip(), provider=provider, stage=stage, retryable=True) from None
+                            raise refused(_Status(getattr(event, "status_code", None)), provider, stage)
+        except BaseException as exc:
+            if stream is not None:  # (not handed to anyone: ours to close, whatever went wrong)
+                with trio.move_on_after(1.0, shield=True):
+                    await stream.aclose()
+            if isinstance(exc, OSError | trio.TooSlowError | trio.BrokenResourceError):
+                raise unreachable(exc, provider, stage) from None
+            raise
 
     async def send(self, message: str | bytes) -> None:
         from wsproto.events import BytesMessage, TextMessage
