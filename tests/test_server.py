@@ -458,35 +458,3 @@ async def test_marks_a_client_never_echoes_do_not_pile_up(autojump_clock: trio.t
     await ws.aclose()
 
 
-class StuckSocket:
-    """A WebSocket whose peer stopped reading: sends never complete."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-        self.closed = None
-
-    async def get_message(self) -> Any:
-        await trio.sleep_forever()
-
-    async def send_message(self, message: Any) -> None:
-        self.sent.append(message)
-        await trio.sleep_forever()
-
-
-async def test_a_stuck_peer_applies_back_pressure_until_clear(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
-    from trioagent._proto.browser import Hello
-    from trioagent.transports.websocket import BrowserTransport
-
-    transport = BrowserTransport(StuckSocket(), Hello(16000, 24000, ""), max_queued=4, mark_every=0)  # type: ignore[arg-type]
-    await nursery.start(transport.run)
-    frame = AudioFrame(np.zeros(480, np.int16), 24000)
-    for _ in range(5):  # one taken by the (stuck) writer, four queued
-        with trio.fail_after(1):
-            await transport.send_audio(frame)
-    with trio.move_on_after(1) as blocked:
-        await transport.send_audio(frame)
-    assert blocked.cancelled_caught  # the mixer pump waits instead of queueing without end
-    transport.clear()  # barge-in: the queued audio goes
-    with trio.fail_after(1):
-        for _ in range(4):
-            await transport.send_audio(frame)

@@ -19,13 +19,16 @@ __all__ = [
 
 
 class CloseCode(enum.IntEnum):
-    """The WebSocket close codes trioagent sends (RFC 6455 7.4.1; 1013 from IANA's registry)."""
+    """The WebSocket close codes trioagent sends (RFC 6455 7.4.1; 1013 from IANA's registry),
+    and 1006, never sent: how a connection that dropped without a close frame is recorded."""
 
     NORMAL = 1000
     GOING_AWAY = 1001  # the server is shutting down
+    PROTOCOL_ERROR = 1002  # frames that break RFC 6455
     UNSUPPORTED_DATA = 1003  # a kind of message the endpoint does not take
     INVALID_DATA = 1007  # a message that is not what the protocol allows
     POLICY_VIOLATION = 1008  # unauthorised, or too much audio too fast
+    ABNORMAL_CLOSURE = 1006  # (never sent) the connection dropped
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011  # the agent could not start, or failed
     TRY_AGAIN_LATER = 1013  # the server is full

@@ -2,7 +2,7 @@
 
 How this works: one listener; each connection's HTTP request head is read with h11. ``GET /``
 serves the web page; ``/ws`` (browser protocol) and ``/twilio`` (Media Streams) are handed to
-trio-websocket (with the bytes already read replayed in front of the stream). Origin, token and
+a `ServerWebSocket` (wsproto over the stream, driven by the session's own tasks). Origin, token and
 capacity are checked before any session starts. Every connection runs in its own task, and
 everything that goes wrong in it (bad input, a provider failing) ends that connection only, with
 a close code and a reason. Sessions share `tick_phases` `TickClock`s, evenly out of phase (the
@@ -25,7 +25,6 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 import h11
 import trio
-import trio_websocket
 
 from ._proto import browser as bp
 from .agent import Agent
@@ -36,6 +35,7 @@ from .mcp import MCPServerError
 from .observe import ServerMetrics, metrics_available
 from .pipeline.base import Pipeline
 from .session import AgentSession
+from .transports._wire import ConnectionClosed, HandshakeFailed, ServerWebSocket
 from .transports.websocket import BrowserTransport, RealtimeTransport, TwilioTransport, _WebSocketTransport
 
 __all__ = ["serve", "Server", "AgentFactory"]
@@ -45,41 +45,12 @@ REALTIME_PATHS = ("/v1/realtime", "/realtime")
 """Where OpenAI Realtime clients connect (an SDK given base_url http://host:port/v1 asks for /v1/realtime)."""
 
 # The peer went away (reset, closed, broken pipe): ends that connection, is not an error.
-_PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed, h11.ProtocolError)
+_PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed, h11.ProtocolError)
 
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 AgentFactory = Callable[[], "tuple[Agent, Pipeline] | Awaitable[tuple[Agent, Pipeline]]"]
 """Makes the agent and pipeline of one new session (sync or async)."""
-
-class _Replay(trio.abc.Stream):
-    """A stream with some already-read bytes put back in front."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            n = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:n], self._prefix[n:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        if isinstance(self._stream, trio.abc.HalfCloseableStream):
-            await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
 
 class _CloseWith(Exception):
     """End this connection with a close code and reason (not an error of the server's)."""
@@ -94,7 +65,7 @@ class _CloseWith(Exception):
 class _Connection:
     """One accepted WebSocket connection, from its handshake to its close."""
 
-    ws: trio_websocket.WebSocketConnection
+    ws: ServerWebSocket
     session: AgentSession | None = None
     # The wait before a session runs (hello or start, the agent factory): a drain cancels it.
     starting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -233,14 +204,15 @@ class Server:
                 if routed is None:
                     return
                 path, query, head = routed
-                async with trio.open_nursery() as nursery:
-                    with trio.move_on_after(self.hello_timeout) as handshake:
-                        ws_request = await trio_websocket.wrap_server_stream(
-                            nursery, _Replay(stream, head), max_message_size=self.max_message_size
-                        )
-                    if not handshake.cancelled_caught:
-                        await self._websocket(ws_request, path, query)
-                    nursery.cancel_scope.cancel()
+                ws = None
+                with trio.move_on_after(self.hello_timeout):
+                    try:
+                        ws = await ServerWebSocket.accept(stream, head, max_message_size=self.max_message_size)
+                    except HandshakeFailed as exc:
+                        self._refuse("handshake")
+                        await self._plain(stream, 400, str(exc).encode())
+                if ws is not None:
+                    await self._websocket(ws, path, query)
         except BaseException as exc:  # noqa: BLE001 - sorted below; nothing escapes to other sessions
             if not isinstance(exc, Exception):
                 raise  # cancellation, KeyboardInterrupt
@@ -351,8 +323,7 @@ class Server:
         page = resources.files("trioagent.web").joinpath("index.html").read_bytes()
         await self._plain(stream, 200, page, "text/html; charset=utf-8", head_only=head_only)
 
-    async def _websocket(self, request: trio_websocket.WebSocketRequest, path: str, query: dict[str, str]) -> None:
-        ws = await request.accept()
+    async def _websocket(self, ws: ServerWebSocket, path: str, query: dict[str, str]) -> None:
         if self.active >= self.max_sessions or self._shutdown.is_set():
             self._refuse("capacity")
             await self._close(ws, CloseCode.TRY_AGAIN_LATER, "server full: too many sessions" if not self._shutdown.is_set() else "server shutting down")
@@ -371,6 +342,10 @@ class Server:
             code, reason = CloseCode.POLICY_VIOLATION, _reason(f"unauthorized: {exc}")
         except _CloseWith as exc:
             code, reason = exc.code, exc.reason
+        except ConnectionClosed as exc:  # (before the session: the peer closed, or sent too much)
+            code, reason = exc.reason.code, exc.reason.reason
+            if code == CloseCode.MESSAGE_TOO_BIG:
+                self._refuse("too_big")
         finally:
             # The session is over: its slot is free now, whatever the peer does with our close.
             self._live.remove(conn)
@@ -386,7 +361,7 @@ class Server:
             self._open -= 1
             self._idle.set()
 
-    async def _close(self, ws: trio_websocket.WebSocketConnection, code: int, reason: str) -> None:
+    async def _close(self, ws: ServerWebSocket, code: int, reason: str) -> None:
         """Close with `code`, waiting at most `close_timeout` for the peer's answer (a peer that
         never answers is dropped when the connection's handler returns)."""
         with trio.move_on_after(self.close_timeout):

@@ -1,18 +1,17 @@
 """Transports over a WebSocket: the browser protocol and Twilio Media Streams.
 
 How this works: each transport has one reader loop (`run`) that turns incoming messages into
-`AudioFrame`s on `audio_in` (and control actions), and one writer task that owns every send, so
-sends never interleave (the trio-websocket pattern: one reader, one sender). Outgoing audio waits
-in a short queue (back-pressure beyond it), control messages in their own bounded one, sent
-first; `clear()` drops the queued audio in O(1) of the control traffic and, for Twilio, asks
-Twilio to drop what it has buffered. Incoming control messages are rate-limited per connection.
-Bad input raises `ProtocolError`, which the server turns into a close code and reason for this
-one connection.
+`AudioFrame`s on `audio_in` (and control actions); sends go through the connection
+(`_wire.ServerWebSocket`): audio straight to the socket when nothing is queued, otherwise behind
+a short queue (back-pressure beyond it) that a writer task empties; control messages in their
+own bounded queue, sent first. `clear()` drops the queued audio in O(1) of the control traffic
+and, for Twilio, asks Twilio to drop what it has buffered. Incoming control messages are
+rate-limited per connection. Bad input raises `ProtocolError`, which the server turns into a
+close code and reason for this one connection.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import weakref
@@ -20,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trio
-import trio_websocket
 
 from .._proto import browser as bp
 from .._proto import openai_realtime as rt
@@ -28,6 +26,7 @@ from .._proto.twilio import TwilioDtmf, TwilioMark, TwilioMedia, TwilioProtocol,
 from ..audio.frame import FRAME_DURATION, AudioFrame
 from ..chat import ChatMessage, ChatRole
 from ..errors import CloseCode, ProtocolError
+from ._wire import ConnectionClosed, ServerWebSocket
 
 if TYPE_CHECKING:
     from ..agent import AgentSessionAPI
@@ -37,20 +36,19 @@ __all__ = ["BrowserTransport", "RealtimeTransport", "TwilioTransport"]
 _log = logging.getLogger("trioagent.transports.websocket")
 
 _MAX_PENDING_MARKS = 64  # 12.8 s of audio at one mark per 200 ms
-_MAX_CONTROL_OUT = 256  # control messages waiting for a peer that does not read: beyond, the oldest go
 _ANSWER = "Answer the user."
 INPUT_QUEUE = 500  # 10 s of 20 ms input frames waiting for the session: beyond, reading waits
 
 
 class _WebSocketTransport:
-    """What both protocols share: the input channel, the send queue and its writer."""
+    """What both protocols share: the input channel, playout marks, the control rate limit."""
 
     input_sample_rate: int
     output_sample_rate: int
 
     def __init__(
         self,
-        ws: trio_websocket.WebSocketConnection,
+        ws: ServerWebSocket,
         *,
         max_queued: int = 10,
         max_frame_duration: float = 0.5,
@@ -61,19 +59,15 @@ class _WebSocketTransport:
         control_burst: int = 40,
     ) -> None:
         self.ws = ws
+        ws.max_queued = max_queued
         self.max_ahead = max_ahead  # seconds of audio a peer may send ahead of real time (bursts)
         self._session: weakref.ref[AgentSessionAPI] | None = None  # (weak: the session owns the transport)
         self.max_frame_duration = max_frame_duration
         self._in_send, self._in_receive = trio.open_memory_channel[AudioFrame](INPUT_QUEUE)
-        self._audio: collections.deque[str | bytes] = collections.deque()  # audio and marks, in order
-        self._control: collections.deque[str] = collections.deque(maxlen=_MAX_CONTROL_OUT)
-        self._max_queued = max_queued
         self.control_rate = control_rate
         self.control_burst = control_burst
         self._allowance = float(control_burst)
         self._allowance_at = -math.inf
-        self._wake = trio.Event()
-        self._space = trio.Event()
         self.hung_up = False
         self.frames_in = 0
         self.frame_duration = frame_duration
@@ -88,7 +82,6 @@ class _WebSocketTransport:
         self._marks_pending: dict[str, None] = {}  # oldest first; a peer may never echo (optional)
         self._next_start = -math.inf
         self._remainder = np.zeros(0, np.int16)
-        self._closed = False
 
     @property
     def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
@@ -99,19 +92,9 @@ class _WebSocketTransport:
         """The session this transport reports to (`attach`), while it exists."""
         return self._session() if self._session is not None else None
 
-    async def _send_audio_message(self, message: str | bytes) -> None:
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        while len(self._audio) >= self._max_queued and not self._closed:
-            self._space = trio.Event() if self._space.is_set() else self._space
-            await self._space.wait()
-        self._audio.append(message)
-        self._wake.set()
-        await trio.lowlevel.checkpoint()
-
     async def send_audio(self, frame: AudioFrame) -> None:
-        await self._send_audio_message(self._audio_message(frame))
+        """Send a frame (and after every `mark_every` frames a mark). A checkpoint only when
+        it waits: the usual send is one non-blocking write."""
         self._sent_until = frame.end_time
         self._frames_out += 1
         if self.mark_every and self._frames_out % self.mark_every == 0:
@@ -119,8 +102,10 @@ class _WebSocketTransport:
             self._marks_pending[name] = None
             if len(self._marks_pending) > _MAX_PENDING_MARKS:
                 del self._marks_pending[next(iter(self._marks_pending))]
-            self._audio.append(self._mark_message(name))  # dropped by clear() like the audio before it
-            self._wake.set()
+            # (dropped by clear() like the audio before it)
+            await self.ws.send_droppable((self._audio_message(frame), self._mark_message(name)))
+        else:
+            await self.ws.send_droppable((self._audio_message(frame),))
 
     def unplayed(self) -> float:
         """Seconds of audio sent that the listener has not heard yet (0 until a mark has come
@@ -147,26 +132,11 @@ class _WebSocketTransport:
     def send_control(self, message: str) -> None:
         """Queue a JSON text message, sent before queued audio and never dropped by `clear()`
         (a peer that reads nothing loses the oldest beyond 256). Not a checkpoint."""
-        if not self._closed:
-            self._control.append(message)
-            self._wake.set()
+        self.ws.send_soon(message)
 
     def _drop_queued_audio(self) -> None:
-        self._audio.clear()
-        self._space.set()
+        self.ws.drop_droppable()
         self._marks_pending.clear()  # what was sent before is dropped by the peer: no echoes count
-
-    async def _writer(self) -> None:
-        while True:
-            while not (self._control or self._audio):
-                self._wake = trio.Event()
-                await self._wake.wait()
-            if self._control:
-                message: str | bytes = self._control.popleft()
-            else:
-                message = self._audio.popleft()
-                self._space.set()
-            await self.ws.send_message(message)
 
     def _count_control(self) -> None:
         """One control message from the peer: a token bucket of `control_rate` a second, up to
@@ -221,21 +191,20 @@ class _WebSocketTransport:
         """
         failure: ProtocolError | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer)
+            nursery.start_soon(self.ws.writer)
             task_status.started()
             try:
                 while not self.hung_up:  # until the peer ends the call ("end", Twilio "stop")
                     try:
                         message = await self.ws.get_message()
-                    except trio_websocket.ConnectionClosed:
+                    except ConnectionClosed:
                         break
                     await self.receive(message)
             except ProtocolError as exc:
                 failure = exc  # raised bare below, not wrapped in the nursery's group
             finally:
                 self._in_send.close()
-                self._closed = True  # from now on output is dropped, never waited on
-                self._space.set()
+                self.ws.shut_output()  # from now on output is dropped, never waited on
                 nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
@@ -264,7 +233,7 @@ class _WebSocketTransport:
 class BrowserTransport(_WebSocketTransport):
     """The browser protocol (docs/protocol.md): binary PCM16 both ways, JSON for the rest."""
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, hello: bp.Hello, **options: Any) -> None:
+    def __init__(self, ws: ServerWebSocket, hello: bp.Hello, **options: Any) -> None:
         super().__init__(ws, **options)
         self.input_sample_rate = hello.sample_rate
         self.output_sample_rate = hello.output_sample_rate
@@ -319,7 +288,7 @@ class TwilioTransport(_WebSocketTransport):
     input_sample_rate = 8000
     output_sample_rate = 8000
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, **options: Any) -> None:
+    def __init__(self, ws: ServerWebSocket, **options: Any) -> None:
         super().__init__(ws, **options)
         self.proto = TwilioProtocol()
         self.started = trio.Event()
@@ -376,7 +345,7 @@ class RealtimeTransport(_WebSocketTransport):
     input_sample_rate = rt.RATE
     output_sample_rate = rt.RATE
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, **options: Any) -> None:
+    def __init__(self, ws: ServerWebSocket, **options: Any) -> None:
         options.setdefault("mark_every", 0)  # (Realtime clients echo no marks)
         super().__init__(ws, **options)
         self.events = rt.ServerEvents()

@@ -1,0 +1,214 @@
+"""The server's WebSocket (`transports._wire.ServerWebSocket`) against wsproto's client side,
+on a real socket pair (the non-blocking fast path and the writer) and on trio's memory streams
+(the writer only). The end-to-end checks with other clients (trio-websocket, `websockets`,
+Chromium) are in test_server*.py and test_browser.py."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+import wsproto
+import wsproto.events as we
+
+from trioagent._proto.browser import Hello
+from trioagent.audio import AudioFrame
+from trioagent.transports._wire import ConnectionClosed, ServerWebSocket
+from trioagent.transports.websocket import BrowserTransport
+
+
+class Peer:
+    """The client: wsproto over the other end."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.messages: list[str | bytes] = []
+        self.closed: tuple[int, str] | None = None
+        self._parts: list[str | bytes] = []
+
+    def handshake(self) -> bytes:
+        return self.ws.send(we.Request(host="localhost", target="/ws"))
+
+    async def send(self, message: str | bytes) -> None:
+        await self.stream.send_all(self.ws.send(we.TextMessage(data=message) if isinstance(message, str) else we.BytesMessage(data=message)))
+
+    def take(self, data: bytes) -> None:
+        self.ws.receive_data(data or None)
+        for event in self.ws.events():
+            if isinstance(event, we.TextMessage | we.BytesMessage):
+                self._parts.append(event.data)
+                if event.message_finished:
+                    whole = "".join(self._parts) if isinstance(event, we.TextMessage) else b"".join(self._parts)  # type: ignore[arg-type]
+                    self.messages.append(whole)
+                    self._parts = []
+            elif isinstance(event, we.CloseConnection):
+                self.closed = (event.code, event.reason or "")
+
+    async def read_until(self, done: object) -> None:
+        while not done():  # type: ignore[operator]
+            self.take(bytes(await self.stream.receive_some(65536)))
+
+
+async def open_pair(small_buffers: bool = False) -> tuple[ServerWebSocket, Peer, socket.socket]:
+    a, b = socket.socketpair()
+    if small_buffers:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server_stream = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+    peer = Peer(trio.SocketStream(trio.socket.from_stdlib_socket(b)))
+    ws = await ServerWebSocket.accept(server_stream, peer.handshake(), max_message_size=1000)
+    await peer.read_until(lambda: peer.ws.state is wsproto.connection.ConnectionState.OPEN)
+    return ws, peer, b
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[ServerWebSocket, Peer]]:
+    ws, peer, _ = await open_pair()
+    yield ws, peer
+    await peer.stream.aclose()  # (a peer that answers no close: the end of its stream ends the wait)
+    await ws.aclose()
+
+
+async def test_frames_sent_right_behind_the_request_and_messages_both_ways(autojump_clock: trio.testing.MockClock) -> None:
+    a, b = socket.socketpair()
+    peer = Peer(trio.SocketStream(trio.socket.from_stdlib_socket(b)))
+    early = wsproto.frame_protocol.FrameProtocol(client=True, extensions=[]).send_data("early", True)
+    ws = await ServerWebSocket.accept(trio.SocketStream(trio.socket.from_stdlib_socket(a)), peer.handshake() + early)
+    assert await ws.get_message() == "early"
+    await ws.send_message("hi")
+    await ws.send_droppable([b"\x01\x02", "mark"])
+    ws.send_soon("control")
+    await ws.send_droppable([b"\x03\x04"])  # (the control message goes first)
+    await peer.read_until(lambda: len(peer.messages) == 5)
+    assert peer.messages == ["hi", b"\x01\x02", "mark", "control", b"\x03\x04"]
+    await peer.send("back")
+    assert await ws.get_message() == "back"
+    await peer.stream.aclose()  # (a peer that answers no close: the end of its stream ends the wait)
+    await ws.aclose()
+
+
+async def test_text_binary_ping_and_the_peers_close(autojump_clock: trio.testing.MockClock, pair: tuple[ServerWebSocket, Peer]) -> None:
+    ws, peer = pair
+    await peer.send("hello")
+    await peer.send(b"\x00\x01")
+    await peer.stream.send_all(peer.ws.send(we.Ping(payload=b"p1")))
+    await peer.send("last")
+    await peer.stream.send_all(peer.ws.send(we.CloseConnection(code=4000, reason="bye")))
+    assert [await ws.get_message() for _ in range(3)] == ["hello", b"\x00\x01", "last"]  # (all that came before the close)
+    with pytest.raises(ConnectionClosed) as closed:
+        await ws.get_message()
+    assert (closed.value.reason.code, closed.value.reason.reason) == (4000, "bye")
+    await ws.aclose()  # answers the close (and the ping before it)
+    pongs: list[bytes] = []
+    while data := bytes(await peer.stream.receive_some(65536)):
+        peer.ws.receive_data(data)
+        pongs += [e.payload for e in peer.ws.events() if isinstance(e, we.Pong)]
+    assert pongs == [b"p1"]
+    assert peer.ws.state is wsproto.connection.ConnectionState.CLOSED
+
+
+async def test_a_message_over_the_limit_closes_with_1009(autojump_clock: trio.testing.MockClock, pair: tuple[ServerWebSocket, Peer]) -> None:
+    ws, peer = pair
+    await peer.send(b"\x00" * 600)
+    await peer.stream.send_all(peer.ws.send(we.BytesMessage(data=b"\x00" * 600, message_finished=False)))
+    await peer.stream.send_all(peer.ws.send(we.BytesMessage(data=b"\x00" * 600)))  # 1,200 in all
+    assert await ws.get_message() == b"\x00" * 600
+    with pytest.raises(ConnectionClosed) as closed:
+        await ws.get_message()
+    assert closed.value.reason.code == 1009
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.aclose)
+        await peer.read_until(lambda: peer.closed is not None)
+        await peer.stream.send_all(peer.ws.send(peer_close_answer(peer)))
+    assert peer.closed == (1009, "Exceeded maximum message size: 1000 bytes")
+    assert ws.closed is not None and ws.closed.code == 1009
+
+
+def peer_close_answer(peer: Peer) -> we.CloseConnection:
+    assert peer.closed is not None
+    return we.CloseConnection(code=peer.closed[0])
+
+
+async def test_a_frame_that_breaks_the_protocol_closes_with_1002(autojump_clock: trio.testing.MockClock, pair: tuple[ServerWebSocket, Peer]) -> None:
+    ws, peer = pair
+    unmasked = wsproto.frame_protocol.FrameProtocol(client=False, extensions=[]).send_data(b"x", True)  # (a client must mask)
+    await peer.stream.send_all(unmasked)
+    with pytest.raises(ConnectionClosed) as closed:
+        await ws.get_message()
+    assert closed.value.reason.code == 1002
+    with trio.move_on_after(1):
+        await ws.aclose()  # (the peer never answers: the caller's bound)
+    await peer.read_until(lambda: peer.closed is not None)
+    assert peer.closed is not None and peer.closed[0] == 1002
+
+
+async def test_a_stuck_peer_gets_whole_frames_back_pressure_and_clear(autojump_clock: trio.testing.MockClock) -> None:
+    """A peer that stops reading: the socket's buffer fills (a write goes out in part), then
+    `max_queued` frames wait, then the sender waits; clear() drops the queue; when the peer
+    reads again every frame it gets is whole and in order."""
+    ws, peer, _ = await open_pair(small_buffers=True)
+    ws.max_queued = 4
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.writer)
+        sent = 0
+        with trio.move_on_after(1) as blocked:
+            while sent < 10_000:
+                await ws.send_droppable([np.full(480, sent, np.int16).tobytes()])
+                sent += 1
+        assert blocked.cancelled_caught and 4 < sent < 10_000  # the pump waits instead of queueing without end
+        assert ws._partial  # (a frame the socket took only part of: its rest is kept)
+        ws.send_soon("control")  # (never dropped)
+        ws.drop_droppable()  # barge-in
+        with trio.fail_after(1):
+            for _ in range(4):
+                await ws.send_droppable([np.full(480, -1, np.int16).tobytes()])
+        n = len(peer.messages)
+        while len(peer.messages) < n + 1 or peer.messages[-1] != np.full(480, -1, np.int16).tobytes() or len([m for m in peer.messages if m == np.full(480, -1, np.int16).tobytes()]) < 4:
+            peer.take(bytes(await peer.stream.receive_some(65536)))
+        nursery.cancel_scope.cancel()
+    audio = [m for m in peer.messages if isinstance(m, bytes)]
+    assert all(len(m) == 960 for m in audio)  # whole frames only
+    values = [int(np.frombuffer(m, np.int16)[0]) for m in audio]
+    kept = values[: values.index(-1)]
+    assert kept == list(range(len(kept))) and len(kept) < sent  # in order; the queued ones dropped
+    assert values[len(kept) :] == [-1] * 4
+    assert "control" in peer.messages
+    await peer.stream.aclose()  # (a peer that answers no close: the end of its stream ends the wait)
+    await ws.aclose()
+
+
+async def test_on_memory_streams_everything_goes_through_the_writer(autojump_clock: trio.testing.MockClock) -> None:
+    server_stream, client_stream = trio.testing.lockstep_stream_pair()
+    peer = Peer(client_stream)
+    async with trio.open_nursery() as nursery:
+        accepted: list[ServerWebSocket] = []
+
+        async def accept() -> None:
+            accepted.append(await ServerWebSocket.accept(server_stream, peer.handshake()))
+
+        nursery.start_soon(accept)
+        await peer.read_until(lambda: peer.ws.state is wsproto.connection.ConnectionState.OPEN)
+    (ws,) = accepted
+    transport = BrowserTransport(ws, Hello(16000, 24000, ""), max_queued=4, mark_every=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        frame = AudioFrame(np.zeros(480, np.int16), 24000)
+        sent = 0
+        with trio.move_on_after(1) as blocked:
+            while sent < 100:
+                await transport.send_audio(frame)
+                sent += 1
+        assert blocked.cancelled_caught and sent <= 6  # one in the writer's hands, four queued
+        transport.clear()
+        with trio.fail_after(1):
+            for _ in range(4):
+                await transport.send_audio(frame)
+        nursery.start_soon(peer.read_until, lambda: peer.messages.count('{"type": "clear"}') == 1 and len(peer.messages) >= 6)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert [m if isinstance(m, str) else len(m) for m in peer.messages] == [960, '{"type": "clear"}', 960, 960, 960, 960]
