@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 import trio
@@ -559,6 +559,9 @@ class CascadingPipeline:
                             utterance.note(tts_first_byte_at=trio.current_time())
                         utterance.push_audio(frame)
                         duration += frame.duration
+                        # A TTS that hands over a whole reply at once (no wait between frames)
+                        # must not hold the loop: other sessions' ticks come first.
+                        await trio.lowlevel.checkpoint()
                 utterance.spoken(piece.text, duration, piece.message)
                 audio += duration
                 utterance.note(tts_audio_seconds=audio)
@@ -571,32 +574,45 @@ class CascadingPipeline:
 T = TypeVar("T")
 
 
-async def _bounded(stream: AsyncIterator[T], timeout: float | None, stage: str, provider: str) -> AsyncGenerator[T, None]:
+class _bounded(Generic[T]):  # noqa: N801 - used as a function
     """`stream`, where each item must come within `timeout` seconds, and any failure of the
-    provider is a `ProviderError` naming its `stage`.
+    provider is a `ProviderError` naming its `stage`. (A class, not an async generator: one
+    frame of a TTS passes through it in a few µs; the deadline is a bare `CancelScope`.)
 
     Raises:
         ProviderTimeout: an item took longer.
         ProviderError: the provider raised (its own error, tagged; anything else, wrapped).
     """
-    iterator = aiter(stream)
-    try:
-        while True:
-            try:
-                with trio.fail_after(timeout if timeout is not None else math.inf):
-                    item = await anext(iterator)
-            except StopAsyncIteration:
-                return
-            except trio.TooSlowError:
-                raise ProviderTimeout(f"{provider} gave nothing for {timeout:g} s", provider=provider, stage=stage) from None
-            except ProviderError as exc:
-                exc.stage = exc.stage or stage
-                raise
-            except Exception as exc:
-                raise ProviderError(f"{provider} failed: {type(exc).__name__}", provider=provider, stage=stage) from exc
-            yield item
-    finally:
-        # (An async generator, as providers write them, has aclose(): release its connection.)
-        aclose = getattr(iterator, "aclose", None)
+
+    def __init__(self, stream: AsyncIterator[T], timeout: float | None, stage: str, provider: str) -> None:
+        self._iterator = aiter(stream)
+        self._timeout = timeout
+        self._stage = stage
+        self._provider = provider
+
+    def __aiter__(self) -> _bounded[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            if self._timeout is None:
+                return await anext(self._iterator)
+            with trio.CancelScope(deadline=trio.current_time() + self._timeout):
+                return await anext(self._iterator)
+        except StopAsyncIteration:
+            raise
+        except ProviderError as exc:
+            exc.stage = exc.stage or self._stage
+            raise
+        except Exception as exc:
+            raise ProviderError(f"{self._provider} failed: {type(exc).__name__}", provider=self._provider, stage=self._stage) from exc
+        raise ProviderTimeout(f"{self._provider} gave nothing for {self._timeout:g} s", provider=self._provider, stage=self._stage)
+
+    async def aclose(self) -> None:
+        """Release the provider's stream (an async generator, as providers write them, has
+        aclose(): its connection goes)."""
+        aclose = getattr(self._iterator, "aclose", None)
         if aclose is not None:
             await aclose()
+        else:
+            await trio.lowlevel.checkpoint()
