@@ -41,6 +41,7 @@ from _common import machine, percentile
 DURATION = 16.0
 SPEECH, SILENCE = 1.0, 3.0
 PERIOD = 0.02
+STAGES = ("end of turn", "to LLM", "LLM first token", "to TTS", "TTS first audio", "to the mixer")
 
 
 def factory() -> Any:
@@ -62,23 +63,46 @@ async def run_server() -> None:
         gc.collect()
         gc.freeze()
         gc.set_threshold(10_000, 50, 100)
+    lags: list[tuple[float, float]] = []
+
+    async def watch_lag() -> None:  # (SERVE_LOAD_LAGS=1: when the loop woke 15 ms late or more)
+        t0 = trio.current_time()
+        while True:
+            due = trio.current_time() + 0.005
+            await trio.sleep_until(due)
+            if trio.current_time() - due > 0.015:
+                lags.append((round(due - t0, 3), round(trio.current_time() - due, 3)))
+
     async with trio.open_nursery() as nursery:
+        if os.environ.get("SERVE_LOAD_LAGS"):
+            nursery.start_soon(watch_lag)
         e2e: list[float] = []
+        stages: list[list[float]] = []  # where e2e goes, per turn (STAGES)
 
         def on_session(session: Any) -> None:
             sessions.append(session)
-            session.on("metrics_collected", lambda m: e2e.append(m.e2e_latency) if m.e2e_latency is not None else None)
+            session.on("metrics_collected", on_metrics)
+
+        def on_metrics(m: Any) -> None:
+            if m.e2e_latency is None:
+                return
+            e2e.append(m.e2e_latency)
+            marks = [m.user_speech_end, m.end_of_turn_at, m.llm_started_at, m.llm_first_token_at, m.tts_started_at, m.tts_first_byte_at, m.first_audio_at]
+            if None not in marks:
+                stages.append([b - a for a, b in zip(marks, marks[1:])])
 
         server: Server = await nursery.start(lambda task_status: serve(factory, "127.0.0.1", 0, max_sessions=10000, grace=0, on_session=on_session, task_status=task_status))
-        print(json.dumps({"port": server.port}), flush=True)
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # (the imports and start-up are not the load's)
+        print(json.dumps({"port": server.port, "cpu0": usage.ru_utime + usage.ru_stime}), flush=True)
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async for _ in signals:
                 break
         usage = resource.getrusage(resource.RUSAGE_SELF)
         ticks = sum(s.mixer.statistics().ticks for s in sessions)
         underruns = sum(s.mixer.statistics().underruns for s in sessions)
-        print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime, "ticks": ticks, "underruns": underruns, "sessions": len(sessions), "e2e": e2e}), flush=True)
+        print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime, "ticks": ticks, "underruns": underruns, "sessions": len(sessions), "e2e": e2e, "stages": stages, "lags": lags}), flush=True)
         server.shutdown()
+        nursery.cancel_scope.cancel()
 
 
 class ClientStats:
@@ -146,7 +170,8 @@ async def level(n: int) -> dict[str, Any]:
     line = b""
     while not line.endswith(b"\n"):
         line += await server.stdout.receive_some(1)
-    port = json.loads(line)["port"]
+    started = json.loads(line)
+    port = started["port"]
     speech_pcm = [f.to_pcm16() for f in speech(SPEECH)]
     silence_pcm = silence(PERIOD)[0].to_pcm16()
     stats = [ClientStats() for _ in range(n)]
@@ -164,6 +189,7 @@ async def level(n: int) -> dict[str, Any]:
         out += chunk
     await server.wait()
     result = json.loads(out.strip().splitlines()[-1])
+    result["cpu"] -= started["cpu0"]
     expected = sum((t0 + DURATION - s.ready_at) / PERIOD for s in stats if s.ready_at is not None)
     got = sum(s.frames for s in stats)
     gaps = [g for s in stats for g in s.gaps]
@@ -182,6 +208,8 @@ async def level(n: int) -> dict[str, Any]:
         "server_cpu": result["cpu"] / wall,
         "cpu_per_session_ms": 1000 * result["cpu"] / wall / n,
         "client_cpu": (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / wall,
+        "lags": result["lags"],
+        "stages": [percentile([t[i] for t in result["stages"]], 0.5) for i in range(len(STAGES))] if result["stages"] else [],
     }
 
 
@@ -198,10 +226,19 @@ async def main(levels: list[int]) -> None:
             f"{'real time' if ok else 'NOT real time'}",
             flush=True,
         )
+        if r["lags"]:
+            print(f"         event-loop stalls over 15 ms (at s, ms): {[(at, round(ms * 1000)) for at, ms in r['lags']]}")
+        if r["stages"]:
+            print("         e2e medians by stage: " + ", ".join(f"{name} {t * 1000:.1f} ms" for name, t in zip(STAGES, r["stages"])), flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
-        trio.run(run_server)
+        if os.environ.get("SERVE_LOAD_PROFILE"):  # the server under cProfile, its stats to that file
+            import cProfile
+
+            cProfile.run("trio.run(run_server)", os.environ["SERVE_LOAD_PROFILE"])
+        else:
+            trio.run(run_server)
     else:
         trio.run(main, [int(a) for a in sys.argv[1:]] or [25, 50, 100, 150, 200])
