@@ -8,6 +8,8 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import trio
@@ -17,7 +19,7 @@ import wsproto.events as we
 
 from trioagent._proto.browser import Hello
 from trioagent.audio import AudioFrame
-from trioagent.transports._wire import ConnectionClosed, ServerWebSocket
+from trioagent.transports._wire import ConnectionClosed, ServerWebSocket, _unmask
 from trioagent.transports.websocket import BrowserTransport
 
 
@@ -121,17 +123,11 @@ async def test_a_message_over_the_limit_closes_with_1009(autojump_clock: trio.te
     with pytest.raises(ConnectionClosed) as closed:
         await ws.get_message()
     assert closed.value.reason.code == 1009
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ws.aclose)
-        await peer.read_until(lambda: peer.closed is not None)
-        await peer.stream.send_all(peer.ws.send(peer_close_answer(peer)))
+    with trio.fail_after(1):
+        await ws.aclose()  # (a failed connection waits for no answer: RFC 6455 7.1.7)
+    await peer.read_until(lambda: peer.closed is not None)
     assert peer.closed == (1009, "Exceeded maximum message size: 1000 bytes")
     assert ws.closed is not None and ws.closed.code == 1009
-
-
-def peer_close_answer(peer: Peer) -> we.CloseConnection:
-    assert peer.closed is not None
-    return we.CloseConnection(code=peer.closed[0])
 
 
 async def test_a_frame_that_breaks_the_protocol_closes_with_1002(autojump_clock: trio.testing.MockClock, pair: tuple[ServerWebSocket, Peer]) -> None:
@@ -212,3 +208,98 @@ async def test_on_memory_streams_everything_goes_through_the_writer(autojump_clo
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert [m if isinstance(m, str) else len(m) for m in peer.messages] == [960, '{"type": "clear"}', 960, 960, 960, 960]
+
+
+# -- the frame parser against wsproto's ------------------------------------------------------
+def _opened_pair() -> tuple[ServerWebSocket, wsproto.WSConnection, wsproto.WSConnection]:
+    """Ours and wsproto's server side, both past the handshake (no I/O: fed by hand)."""
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    request = client.send(we.Request(host="localhost", target="/ws"))
+    ours = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    reference = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    for server in (ours, reference):
+        server.receive_data(request)
+        assert any(isinstance(e, we.Request) for e in server.events())
+        server.send(we.AcceptConnection())
+    return ServerWebSocket(trio.testing.MemorySendStream(), ours, max_message_size=1 << 30), client, reference  # type: ignore[arg-type]
+
+
+def _reference(server: wsproto.WSConnection, chunks: list[bytes]) -> tuple[list[str | bytes], int | None, int]:
+    """wsproto's reading: the whole messages, the close code (None: still open), pings."""
+    messages: list[str | bytes] = []
+    parts: list[str | bytes] = []
+    pings = 0
+    for chunk in chunks:
+        server.receive_data(chunk)
+        for event in server.events():
+            if isinstance(event, we.TextMessage | we.BytesMessage):
+                parts.append(event.data)
+                if event.message_finished:
+                    messages.append("".join(parts) if isinstance(event, we.TextMessage) else b"".join(parts))  # type: ignore[arg-type]
+                    parts = []
+            elif isinstance(event, we.Ping):
+                pings += 1
+            elif isinstance(event, we.CloseConnection):
+                return messages, event.code, pings
+    return messages, None, pings
+
+
+def _frame_bytes(opcode: int, payload: bytes, fin: bool, rsv: int, masked: bool, wide: bool) -> bytes:
+    """A client frame as a peer may write it (valid or not)."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    mask_bit = 0x80 if masked else 0
+    if wide or n >= 65536:
+        head += bytes([mask_bit | 127]) + n.to_bytes(8, "big")
+    elif n >= 126:
+        head += bytes([mask_bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([mask_bit | n])
+    if not masked:
+        return head + payload
+    key = b"\x37\xfa\x21\x3d"
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+_frames = st.lists(
+    st.one_of(
+        # mostly well-formed frames: data, fragments, pings, closes
+        st.tuples(st.sampled_from([0x0, 0x1, 0x2, 0x9, 0xA]), st.binary(max_size=300), st.booleans(), st.just(0), st.just(True), st.just(False)),
+        st.tuples(st.just(0x1), st.text(max_size=40).map(str.encode), st.just(True), st.just(0), st.just(True), st.just(False)),
+        st.tuples(st.just(0x8), st.sampled_from([b"", b"\x03\xe8", b"\x03\xe8bye", b"\x0f\xa0", b"\x03\xed", b"\x03\xe8\xff", b"\x01"]), st.just(True), st.just(0), st.just(True), st.just(False)),
+        # and anything a peer might put in a header
+        st.tuples(st.integers(0, 15), st.binary(max_size=200), st.booleans(), st.integers(0, 7), st.booleans(), st.booleans()),
+    ),
+    max_size=8,
+)
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(frames=_frames, cuts=st.lists(st.integers(0, 4000), max_size=6))
+def test_the_frame_parser_reads_what_wsproto_reads(frames: list[tuple[int, bytes, bool, int, bool, bool]], cuts: list[int]) -> None:
+    """Any sequence of client frames, cut anywhere: the same whole messages, pings and close
+    code as wsproto's own parser (the reason text may differ)."""
+    data = b"".join(_frame_bytes(*f) for f in frames)
+    edges = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    chunks = [data[a:b] for a, b in zip(edges, edges[1:])]
+    ws, _, reference = _opened_pair()
+    want_messages, want_code, want_pings = _reference(reference, chunks)
+    for chunk in chunks:
+        if ws.closed is not None:
+            break
+        ws._take_in(chunk)
+    got = list(ws._messages)
+    got_code = ws.closed.code if ws.closed is not None else None
+    pongs = sum(1 for f in ws._urgent if f[0] == 0x8A)
+    if want_code == 1006:
+        want_code = None  # (wsproto's "abnormal" is never sent: the connection is simply open)
+    assert (got, got_code) == (want_messages, want_code)
+    if want_code is None:
+        assert pongs == want_pings
+
+
+def test_the_unmasking_matches_the_rfc() -> None:
+    key = bytearray(b"\x01\x02\x03\x04")
+    data = bytearray(range(11))
+    assert _unmask(data, key) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    assert _unmask(bytearray(), key) == b""

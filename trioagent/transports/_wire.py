@@ -22,6 +22,7 @@ session's own work; on a server holding many calls that, not the audio, was most
 
 from __future__ import annotations
 
+import codecs
 import collections
 import os
 import re
@@ -31,7 +32,7 @@ import attrs
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Request
 from wsproto.utilities import RemoteProtocolError
 
 from ..errors import CloseCode
@@ -80,8 +81,12 @@ class ServerWebSocket:
         self.closed: CloseReason | None = None
         """None while open; then how it closed (what we sent, or what the peer sent)."""
         self._messages: collections.deque[str | bytes] = collections.deque()
-        self._parts: list[str | bytes] = []
+        self._buffer = bytearray()  # bytes read, not yet whole frames
+        self._opcode: int | None = None  # of a message that came in fragments, until its end
+        self._text: codecs.IncrementalDecoder | None = None  # (a text message in fragments)
+        self._parts: list[bytes] = []
         self._size = 0
+        self._failed = False  # we failed the connection: nothing more is read
         self._partial = b""  # the unwritten end of a write already begun
         self._urgent: collections.deque[bytes] = collections.deque(maxlen=MAX_URGENT)
         self._droppable: collections.deque[bytes] = collections.deque()
@@ -115,8 +120,7 @@ class ServerWebSocket:
         await stream.send_all(connection.send(AcceptConnection()))
         ws = cls(stream, connection, **options)
         if len(head) > end.end():
-            connection.receive_data(head[end.end() :])
-            ws._read_events()
+            ws._take_in(head[end.end() :])
         return ws
 
     # -- reading -------------------------------------------------------------------------------
@@ -130,53 +134,140 @@ class ServerWebSocket:
         while not self._messages:
             if self.closed is not None:
                 raise ConnectionClosed(self.closed)
-            try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            data = await self._receive()
             if self.closed is not None:  # (closed by us meanwhile)
                 continue
-            self._ws.receive_data(bytes(data) if data else None)  # (None: the TCP connection ended)
-            self._read_events()
+            self._take_in(data)
         return self._messages.popleft()
 
-    def _read_events(self) -> None:
-        for event in self._ws.events():
-            if isinstance(event, Message):
-                self._size += len(event.data)
-                if self._size > self.max_message_size:
-                    self._fail(CloseCode.MESSAGE_TOO_BIG, f"Exceeded maximum message size: {self.max_message_size} bytes")
+    async def _receive(self) -> bytes:
+        """Some bytes from the peer (b"": the connection ended)."""
+        try:
+            return bytes(await self._stream.receive_some(RECEIVE_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    def _take_in(self, data: bytes) -> None:
+        if not data:
+            self._ws.receive_data(None)  # the TCP connection ended: wsproto's 1006
+            self._on_close_events()
+            return
+        self._buffer += data
+        self._parse()
+
+    def _parse(self) -> None:
+        """Take the whole frames in the buffer (RFC 6455 5.2, client to server). Data frames are
+        parsed here, the hot path; a close frame goes to wsproto, whose state machine runs the
+        closing handshake. Stops at the close, or at a frame the RFC forbids (then we close)."""
+        buf = self._buffer
+        pos, n = 0, len(buf)
+        try:
+            while n - pos >= 2 and self._ws.state in _READING and not self._failed:
+                b0, b1 = buf[pos], buf[pos + 1]
+                opcode, length, head = b0 & 0x0F, b1 & 0x7F, 2
+                if length == 126:
+                    if n - pos < 4:
+                        return
+                    length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+                    if length < 126:
+                        return self._fail(CloseCode.PROTOCOL_ERROR, "a 2-byte length where 1 would do")
+                elif length == 127:
+                    if n - pos < 10:
+                        return
+                    length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+                    if length < 65536 or length >> 63:
+                        return self._fail(CloseCode.PROTOCOL_ERROR, "an 8-byte length where 2 would do, or over 2**63")
+                if problem := self._header_problem(b0, b1, opcode, length):
+                    return self._fail(*problem)
+                end = pos + head + 4 + length
+                if n < end:
                     return
-                self._parts.append(event.data)
-                if event.message_finished:
-                    parts, self._parts, self._size = self._parts, [], 0
-                    if isinstance(event, TextMessage):
-                        self._messages.append(parts[0] if len(parts) == 1 else "".join(parts))  # type: ignore[arg-type]
-                    else:
-                        self._messages.append(b"".join(parts))  # type: ignore[arg-type]
-            elif isinstance(event, Ping):
-                self._push_urgent(self._ws.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                    self._push_urgent(self._ws.send(event.response()))  # the peer closed: answer
-                    self.closed = CloseReason(event.code, event.reason or "")
-                elif self._ws.state is ConnectionState.OPEN:
-                    self._fail(event.code, event.reason or "")  # its frames broke the protocol
-                else:
-                    self.closed = self.closed or CloseReason(event.code, event.reason or "")  # (1006, or the answer to ours)
-                self._parts, self._size = [], 0
+                start, pos = pos, end
+                if opcode == 0x8:  # close: wsproto's state machine (the frame as it came)
+                    self._ws.receive_data(bytes(buf[start:end]))
+                    self._on_close_events()
+                    return
+                payload = _unmask(buf[start + head + 4 : end], buf[start + head : start + head + 4])
+                if opcode == 0x9:
+                    if self._ws.state is ConnectionState.OPEN:
+                        self._push_urgent(_frame(0xA, payload))  # ping: pong
+                elif opcode != 0xA:
+                    self._on_data(opcode, bool(b0 & 0x80), payload)
+        finally:
+            if self._failed:
+                buf.clear()  # (nothing after a frame the RFC forbids can be trusted)
+            else:
+                del buf[:pos]
+
+    def _header_problem(self, b0: int, b1: int, opcode: int, length: int) -> tuple[int, str] | None:
+        if b0 & 0x70:
+            return CloseCode.PROTOCOL_ERROR, "reserved bits set (no extension was agreed)"
+        if not b1 & 0x80:
+            return CloseCode.PROTOCOL_ERROR, "a client frame must be masked"
+        if opcode >= 0x8:
+            if opcode > 0xA:
+                return CloseCode.PROTOCOL_ERROR, f"invalid opcode {opcode:#x}"
+            if not b0 & 0x80 or length > 125:
+                return CloseCode.PROTOCOL_ERROR, "a control frame must be whole and at most 125 bytes"
+            return None
+        if opcode > 0x2:
+            return CloseCode.PROTOCOL_ERROR, f"invalid opcode {opcode:#x}"
+        if (opcode == 0x0) != (self._opcode is not None):
+            return CloseCode.PROTOCOL_ERROR, "a continuation frame outside a message" if opcode == 0 else "a new message inside a fragmented one"
+        if self._size + length > self.max_message_size and self._ws.state is ConnectionState.OPEN:
+            return CloseCode.MESSAGE_TOO_BIG, f"Exceeded maximum message size: {self.max_message_size} bytes"
+        return None
+
+    def _on_data(self, opcode: int, fin: bool, payload: bytes) -> None:
+        closing = self._ws.state is not ConnectionState.OPEN  # (we are closing: nothing more is read)
+        try:
+            if opcode and fin:  # a whole message in one frame: the usual case
+                if not closing:
+                    self._messages.append(payload.decode("utf-8") if opcode == 0x1 else payload)
                 return
+            if opcode:
+                self._opcode = opcode
+                self._text = codecs.getincrementaldecoder("utf-8")() if opcode == 0x1 else None
+            # A message in fragments: UTF-8 checked as it comes (RFC 6455 8.1: fail fast).
+            self._parts.append(self._text.decode(payload, fin).encode() if self._text is not None else payload)
+        except UnicodeDecodeError:
+            self._fail(CloseCode.INVALID_DATA, "a text message that is not UTF-8")
+            return
+        self._size += len(payload)
+        if not fin:
+            return
+        data = b"".join(self._parts)
+        text = self._opcode == 0x1
+        self._parts, self._size, self._opcode, self._text = [], 0, None, None
+        if not closing:
+            self._messages.append(data.decode("utf-8") if text else data)
+
+    def _on_close_events(self) -> None:
+        for event in self._ws.events():
+            if not isinstance(event, CloseConnection):
+                continue
+            if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                self._push_urgent(self._ws.send(event.response()))  # the peer closed: answer
+                self.closed = CloseReason(event.code, event.reason or "")
+            elif self._ws.state is ConnectionState.OPEN:
+                self._fail(event.code, event.reason or "")  # a close frame that breaks the RFC
+            else:
+                self.closed = self.closed or CloseReason(event.code, event.reason or "")  # (1006, or the answer to ours)
+        self._parts, self._size, self._opcode = [], 0, None
 
     def _fail(self, code: int, reason: str) -> None:
-        """Close from our side now (the whole messages before this one are still given)."""
-        self._parts, self._size = [], 0
-        self.closed = CloseReason(code, reason)
-        self._push_urgent(self._ws.send(CloseConnection(code=code, reason=reason)))
+        """Fail the connection (RFC 6455 7.1.7): our close frame goes, nothing more is read
+        (the whole messages before this one are still given)."""
+        self._parts, self._size, self._opcode = [], 0, None
+        self._failed = True
+        if self._ws.state is ConnectionState.OPEN:
+            self.closed = CloseReason(code, reason)
+            self._push_urgent(self._ws.send(CloseConnection(code=code, reason=reason)))
 
     # -- writing -------------------------------------------------------------------------------
-    def _encode(self, message: str | bytes) -> bytes:
-        event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
-        return self._ws.send(event)
+    @staticmethod
+    def _encode(message: str | bytes) -> bytes:
+        return _frame(0x1, message.encode()) if isinstance(message, str) else _frame(0x2, message)
 
     def _push_urgent(self, frame: bytes) -> None:
         self._urgent.append(frame)
@@ -313,15 +404,33 @@ class ServerWebSocket:
                 self._urgent.append(self._ws.send(CloseConnection(code=code, reason=reason)))
             self._output_shut = True
             await self._flush()  # (our close, or the answer to the peer's)
-            while self._ws.state is ConnectionState.LOCAL_CLOSING:  # the peer's answer
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-                self._ws.receive_data(bytes(data) if data else None)
-                for event in self._ws.events():
-                    if isinstance(event, CloseConnection) and self.closed is None:
-                        self.closed = CloseReason(event.code, event.reason or "")
+            while self._ws.state is ConnectionState.LOCAL_CLOSING and not self._failed:  # the peer's answer
+                self._take_in(await self._receive())
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # (gone already)
         finally:
             if self.closed is None:
                 self.closed = CloseReason(CloseCode.ABNORMAL_CLOSURE)
             await self._stream.aclose()
+
+
+_READING = (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING)
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """One whole unmasked frame (server to client, no extensions): RFC 6455 5.2."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
+
+
+def _unmask(data: bytearray, mask: bytearray) -> bytes:
+    """RFC 6455 5.3: XOR with the 4-byte key, repeated (one big-integer XOR: C speed)."""
+    n = len(data)
+    if not n:
+        return b""
+    key = (bytes(mask) * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
