@@ -56,6 +56,9 @@ def factory() -> Any:
 async def run_server() -> None:
     from trioagent.server import Server, serve
 
+    if os.environ.get("SERVE_LOAD_CPUS"):  # "server/client" CPU numbers, e.g. "0/1"
+        os.sched_setaffinity(0, {int(os.environ["SERVE_LOAD_CPUS"].split("/")[0])})
+
     sessions: list[Any] = []
     if os.environ.get("SERVE_LOAD_GC") != "default":
         import gc  # as `trioagent serve` does (NOTES.md, "GC pauses")
@@ -214,6 +217,8 @@ async def level(n: int) -> dict[str, Any]:
 
 
 async def main(levels: list[int]) -> None:
+    if os.environ.get("SERVE_LOAD_CPUS"):
+        os.sched_setaffinity(0, {int(os.environ["SERVE_LOAD_CPUS"].split("/")[1])})
     print(f"machine: {machine()}")
     print(f"{DURATION:.0f} s per level; each session: 16 kHz in, 24 kHz out, 1 s speech + 3 s silence turns")
     print(f"{'sessions':>8} {'e2e p50':>8} {'e2e p99':>8} {'frames':>7} {'gap p99':>8} {'underrun':>9} {'reply p50':>10} {'reply p99':>10} {'server CPU':>11} {'CPU/session':>12} {'client CPU':>11} {'dropped':>8}  verdict")
@@ -234,7 +239,23 @@ async def main(levels: list[int]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
-        if os.environ.get("SERVE_LOAD_PROFILE"):  # the server under cProfile, its stats to that file
+        if os.environ.get("SERVE_LOAD_STEPS"):  # task steps by task, to that file
+            import collections
+
+            class Steps(trio.abc.Instrument):
+                def __init__(self) -> None:
+                    self.counts: collections.Counter[str] = collections.Counter()
+
+                def before_task_step(self, task: trio.lowlevel.Task) -> None:
+                    self.counts[task.name] += 1
+
+            steps = Steps()
+            try:
+                trio.run(run_server, instruments=[steps])
+            finally:
+                with open(os.environ["SERVE_LOAD_STEPS"], "w") as f:
+                    json.dump(steps.counts.most_common(), f)
+        elif os.environ.get("SERVE_LOAD_PROFILE"):  # the server under cProfile, its stats to that file
             import cProfile
 
             cProfile.run("trio.run(run_server)", os.environ["SERVE_LOAD_PROFILE"])

@@ -42,7 +42,7 @@ from .metrics import TurnMetrics
 from .pipeline.base import Pipeline
 from .scheduler import SpeechScheduler, SpeechSource, UserSpeechEffect, UtteranceState, running_handle
 from .states import AgentState, UserState
-from .transports.base import NullTransport, PlayoutTracking, Transport
+from .transports.base import NowaitAudio, NullTransport, PlayoutTracking, Transport
 from .utterance import SpeechOutlet, UserTurn, Utterance, UtteranceHandle
 
 __all__ = ["AgentSession", "AgentState", "UserState"]
@@ -389,7 +389,8 @@ class AgentSession(EventEmitter):
 
     async def _pump_output(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # The pump sends straight to the transport: no extra task or channel hop per tick.
-        await self.mixer.run(_TransportSink(self.transport), clock=self.tick_clock, task_status=task_status)
+        nowait = _NowaitSink(self.transport) if isinstance(self.transport, NowaitAudio) else None
+        await self.mixer.run(_TransportSink(self.transport), clock=self.tick_clock, sink=nowait, task_status=task_status)
 
     async def _run_pipeline(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -963,5 +964,14 @@ class _TransportSink(trio.abc.SendChannel[AudioFrame]):
     async def send(self, value: AudioFrame) -> None:
         await self._transport.send_audio(value)
 
+
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
+
+
+class _NowaitSink:
+    """The same, for the clock-driven pump (`Mixer.run` with a `sink`)."""
+
+    def __init__(self, transport: NowaitAudio) -> None:
+        self.send_nowait = transport.send_audio_nowait
+        self.wait_ready = transport.wait_send_space

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 import numpy as np
@@ -31,6 +32,18 @@ from .frame import FRAME_DURATION, AudioFrame, Float32Array
 from .polyphase import Polyphase
 
 __all__ = ["Mixer", "MixerSource", "MixerStatistics", "TickClock"]
+
+class NowaitSink(Protocol):
+    """A frame sink that takes frames without waiting (the clock-driven pump, `Mixer.run`)."""
+
+    def send_nowait(self, frame: AudioFrame) -> bool:
+        """Take `frame` (it is sent or queued); False when more would have to wait."""
+        ...
+
+    async def wait_ready(self) -> None:
+        """Until more frames can be taken."""
+        ...
+
 
 _WAKE_AFTER = 1e-6  # seconds the pump wakes after each tick's deadline (see Mixer.run)
 
@@ -429,6 +442,7 @@ class Mixer:
         send_channel: trio.abc.SendChannel[AudioFrame],
         *,
         clock: TickClock | None = None,
+        sink: NowaitSink | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Tick every `frame_duration` on the trio clock and send each mixed frame.
@@ -440,9 +454,17 @@ class Mixer:
         hosts many. A tick handled a whole frame or more after its time is an underrun (its slot
         is over: a consumer with one frame of buffer hears a gap); the pump then skips ahead
         (each skipped tick is an underrun) rather than sending a burst.
+
+        With a shared `clock` and a `sink` that takes frames without waiting, the frames are
+        mixed and handed over inside the clock's own task at each tick (no task switch per
+        session per tick; `send_channel` is then unused): this task only waits while the sink
+        is full (those ticks are underruns, as when a send blocks) and re-raises what failed.
         """
         if clock is not None and not math.isclose(clock.period, self.frame_duration):
             raise ValueError(f"the clock ticks every {clock.period} s but this mixer's frame is {self.frame_duration} s")
+        if clock is not None and sink is not None:
+            await self._run_on_clock(sink, clock, task_status)
+            return
         period = self.frame_duration
         t0 = trio.current_time()
         k = -1 if clock is None else clock.index  # on a shared clock, start at its next tick
@@ -477,6 +499,47 @@ class Mixer:
                     return
 
 
+    async def _run_on_clock(self, sink: NowaitSink, clock: TickClock, task_status: trio.TaskStatus[None]) -> None:
+        period = self.frame_duration
+        last = clock.index  # (the first tick handled is the clock's next)
+        blocked = False
+        failure: Exception | None = None
+        wake = trio.Event()
+
+        def on_tick(tick: int, deadline: float) -> None:
+            nonlocal last, blocked, failure
+            try:
+                if tick > last + 1 and last >= 0:
+                    self._underruns += tick - last - 1
+                last = tick
+                if blocked or failure is not None:
+                    self._underruns += 1  # (the sink is full: this slot gets no frame)
+                    return
+                late = trio.current_time() - deadline - _WAKE_AFTER
+                if late >= period:
+                    self._underruns += int(late // period)
+                if not sink.send_nowait(self.mix(deadline)):
+                    blocked = True
+                    wake.set()
+            except Exception as exc:  # (raised in this session's task, never in the clock's)
+                failure = exc
+                wake.set()
+
+        token = clock.subscribe(on_tick)
+        task_status.started()
+        try:
+            while True:
+                await wake.wait()
+                wake = trio.Event()
+                if failure is not None:
+                    raise failure
+                if blocked:
+                    await sink.wait_ready()
+                    blocked = False
+        finally:
+            clock.unsubscribe(token)
+
+
 class _SoxrStream:
     """soxr's stream with the `Polyphase` interface (mono float32)."""
 
@@ -507,6 +570,8 @@ class TickClock:
     """Where in the period this clock ticks, as a fraction of it: a server runs a few clocks at
     different phases so that its sessions' mixing does not all land on the same instant."""
     _lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
+    _subscribers: dict[int, Callable[[int, float], None]] = attrs.field(init=False, factory=dict)
+    _next_token: int = attrs.field(init=False, default=0)
     _index: int = attrs.field(init=False, default=-1)
     _time: float = attrs.field(init=False, default=-math.inf)
 
@@ -524,7 +589,20 @@ class TickClock:
                 deadline = t0 + k * self.period
             self._index, self._time = k, deadline
             self._lot.unpark_all()
+            for on_tick in list(self._subscribers.values()):
+                on_tick(k, deadline)
             k += 1
+
+    def subscribe(self, on_tick: Callable[[int, float], None]) -> int:
+        """Call ``on_tick(index, time)`` in the clock's task at every tick, until
+        `unsubscribe(token)`. It must not raise or wait. Not a checkpoint."""
+        self._next_token += 1
+        self._subscribers[self._next_token] = on_tick
+        return self._next_token
+
+    def unsubscribe(self, token: int) -> None:
+        """Stop the calls `subscribe` returned `token` for. Not a checkpoint."""
+        self._subscribers.pop(token, None)
 
     @property
     def index(self) -> int:

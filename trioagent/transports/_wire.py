@@ -302,6 +302,29 @@ class ServerWebSocket:
         self._wake.set()
         await trio.lowlevel.checkpoint()
 
+    def send_droppable_nowait(self, messages: Iterable[str | bytes]) -> bool:
+        """Send `messages` or queue them (even beyond `max_queued`); False when the queue is
+        now full: wait with `wait_space` before more. Not a checkpoint."""
+        if self._output_shut or self._ws.state is not ConnectionState.OPEN:
+            return True
+        if self._socket is not None and not (self._writing or self._partial or self._droppable):
+            data = b"".join([*self._urgent, *(self._encode(m) for m in messages)])
+            self._urgent.clear()
+            self._partial = data[self._write_now(data) :]
+            if self._partial:
+                self._wake.set()
+            return True
+        self._droppable.extend(self._encode(m) for m in messages)
+        self._wake.set()
+        return len(self._droppable) < self.max_queued
+
+    async def wait_space(self) -> None:
+        """Until fewer than `max_queued` droppable frames wait (or output is shut). A checkpoint."""
+        while len(self._droppable) >= self.max_queued and not self._output_shut:
+            self._space = trio.Event() if self._space.is_set() else self._space
+            await self._space.wait()
+        await trio.lowlevel.checkpoint()
+
     def drop_droppable(self) -> None:
         """Forget the droppable frames not yet written (a write begun is finished). Not a
         checkpoint."""

@@ -78,3 +78,19 @@ class NullTransport:
 
     async def aclose(self) -> None:
         self._send.close()
+
+
+@runtime_checkable
+class NowaitAudio(Protocol):
+    """A transport that takes output frames without waiting (a socket write, or a short queue
+    behind it): on a shared `TickClock` the mixing and sending of every session then happen
+    in the clock's own task, with no task switch per session per tick."""
+
+    def send_audio_nowait(self, frame: AudioFrame) -> bool:
+        """Send or queue `frame`; False when the queue is full (wait with `wait_send_space`
+        before the next). Not a checkpoint."""
+        ...
+
+    async def wait_send_space(self) -> None:
+        """Until `send_audio_nowait` may be called again."""
+        ...

@@ -92,9 +92,9 @@ class _WebSocketTransport:
         """The session this transport reports to (`attach`), while it exists."""
         return self._session() if self._session is not None else None
 
-    async def send_audio(self, frame: AudioFrame) -> None:
-        """Send a frame (and after every `mark_every` frames a mark). A checkpoint only when
-        it waits: the usual send is one non-blocking write."""
+    def _messages_for(self, frame: AudioFrame) -> tuple[str | bytes, ...]:
+        """What goes out for one output frame: the frame, and after every `mark_every` frames
+        a mark (dropped by clear() like the audio before it); () when nothing is to be sent."""
         self._sent_until = frame.end_time
         self._frames_out += 1
         if self.mark_every and self._frames_out % self.mark_every == 0:
@@ -102,10 +102,20 @@ class _WebSocketTransport:
             self._marks_pending[name] = None
             if len(self._marks_pending) > _MAX_PENDING_MARKS:
                 del self._marks_pending[next(iter(self._marks_pending))]
-            # (dropped by clear() like the audio before it)
-            await self.ws.send_droppable((self._audio_message(frame), self._mark_message(name)))
-        else:
-            await self.ws.send_droppable((self._audio_message(frame),))
+            return (self._audio_message(frame), self._mark_message(name))
+        return (self._audio_message(frame),)
+
+    async def send_audio(self, frame: AudioFrame) -> None:
+        """Send a frame. A checkpoint only when it waits: the usual send is one non-blocking
+        write."""
+        await self.ws.send_droppable(self._messages_for(frame))
+
+    def send_audio_nowait(self, frame: AudioFrame) -> bool:
+        """Send or queue a frame; False when the queue is full (see `NowaitAudio`)."""
+        return self.ws.send_droppable_nowait(self._messages_for(frame))
+
+    async def wait_send_space(self) -> None:
+        await self.ws.wait_space()
 
     def unplayed(self) -> float:
         """Seconds of audio sent that the listener has not heard yet (0 until a mark has come
@@ -295,11 +305,10 @@ class TwilioTransport(_WebSocketTransport):
         self.start: TwilioStart | None = None
         self.dtmf: list[str] = []
 
-    async def send_audio(self, frame: AudioFrame) -> None:
+    def _messages_for(self, frame: AudioFrame) -> tuple[str | bytes, ...]:
         if self.proto.stream_sid is None:
-            await trio.lowlevel.checkpoint()  # no stream yet: nowhere to play it
-            return
-        await super().send_audio(frame)
+            return ()  # no stream yet: nowhere to play it
+        return super()._messages_for(frame)
 
     def _audio_message(self, frame: AudioFrame) -> str:
         return self.proto.media(frame.samples)
@@ -415,11 +424,10 @@ class RealtimeTransport(_WebSocketTransport):
         self._emit(self.events.audio_done(response_id, item_id))
         self._emit(self.events.response_done(response_id, "cancelled" if self._cut else "completed", reason="turn_detected" if self._cut else None))
 
-    async def send_audio(self, frame: AudioFrame) -> None:
+    def _messages_for(self, frame: AudioFrame) -> tuple[str | bytes, ...]:
         if self._response is None:
-            await trio.lowlevel.checkpoint()  # nothing is being said: no response to carry it
-            return
-        await super().send_audio(frame)
+            return ()  # nothing is being said: no response to carry it
+        return super()._messages_for(frame)
 
     def _audio_message(self, frame: AudioFrame) -> str:
         assert self._response is not None
