@@ -86,6 +86,7 @@ class ServerWebSocket:
         self._text: codecs.IncrementalDecoder | None = None  # (a text message in fragments)
         self._parts: list[bytes] = []
         self._size = 0
+        self._drained = True  # the last read took all there was
         self._failed = False  # we failed the connection: nothing more is read
         self._partial = b""  # the unwritten end of a write already begun
         self._urgent: collections.deque[bytes] = collections.deque(maxlen=MAX_URGENT)
@@ -141,7 +142,31 @@ class ServerWebSocket:
         return self._messages.popleft()
 
     async def _receive(self) -> bytes:
-        """Some bytes from the peer (b"": the connection ended)."""
+        """Some bytes from the peer (b"": the connection ended). A checkpoint."""
+        sock = self._socket
+        if sock is not None:
+            # A plain socket: wait until readable and read once (the stream's receive_some
+            # tries a read first, which fails whenever the last read took all there was).
+            while True:
+                try:
+                    if self._drained:
+                        await trio.lowlevel.wait_readable(sock)
+                    else:
+                        await trio.lowlevel.checkpoint()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return b""  # (closed from another task)
+                fd = sock.fileno()
+                if fd < 0:
+                    return b""
+                try:
+                    data = os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:
+                    self._drained = True
+                    continue
+                except OSError:  # reset: the end
+                    return b""
+                self._drained = len(data) < RECEIVE_SIZE
+                return data
         try:
             return bytes(await self._stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
