@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 
 from .test_haproxy import call, free_port, wait_port
+from .test_observe import get, samples, status_and_body
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIOAGENT = str(Path(sys.executable).with_name("trioagent"))
@@ -31,6 +32,19 @@ def workers_of(pid: int) -> list[int]:
             if int(fields[1]) == pid and fields[0] != "Z":
                 out.append(int(entry))
     return sorted(out)
+
+
+async def metrics(port: int) -> dict[str, float]:
+    """GET /metrics on the supervisor's port (whichever worker answers): every worker's sum."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(get("/metrics"))
+        raw = b""
+        while chunk := await stream.receive_some(65536):
+            raw += chunk
+    status, body = status_and_body(raw)
+    assert status == 200
+    return samples(body)
 
 
 async def short_call(port: int, results: list[str]) -> None:
@@ -56,6 +70,12 @@ async def test_workers_restart_roll_and_drain() -> None:
         assert await calls(port, 6) == ["answered"] * 6
         first = workers_of(supervisor.pid)
         assert len(first) == 2
+        # The metrics are every worker's (three calls went to each, by least sessions).
+        for _ in range(2):  # (asked twice: whichever worker answers, the sum is the same)
+            counted = await metrics(port)
+            assert counted["trioagent_sessions_started_total"] == 6
+            assert counted["trioagent_sessions_ended_total{code=1000}"] == 6
+            assert counted["trioagent_active_sessions"] == 0
 
         os.kill(first[0], signal.SIGKILL)  # a worker dies: another takes its place
         deadline = time.monotonic() + 15
@@ -63,6 +83,7 @@ async def test_workers_restart_roll_and_drain() -> None:
             assert time.monotonic() < deadline
             await trio.sleep(0.1)
         assert await calls(port, 4) == ["answered"] * 4
+        assert (await metrics(port))["trioagent_sessions_started_total"] == 10  # (a dead worker's counts stay)
 
         # A rolling restart while clients keep connecting: none is refused.
         before = set(workers_of(supervisor.pid))

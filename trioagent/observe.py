@@ -1,7 +1,11 @@
 """What a server exposes to be watched: Prometheus metrics (through `prometheus-client`, the
 ``.[metrics]`` extra) for ``GET /metrics``, next to ``/healthz`` and ``/readyz``.
 
-Each `Server` has its own registry (tests and several servers in one process stay apart). The
+Each `Server` has its own registry (tests and several servers in one process stay apart).
+Under ``serve --workers N`` the supervisor gives every worker one `PROMETHEUS_MULTIPROC_DIR`
+(prometheus-client's multiprocess mode): each worker writes its values there, and whichever
+worker answers ``GET /metrics`` reports the sum over all of them (sessions running now: the sum
+over the live workers; a worker that died is dropped from it). The
 counters move with the sessions' own events: a session's start and end (by close code), each
 turn's end-to-end latency, interruptions, provider errors (by provider and stage), the mixer's
 underruns (added when a session ends), and the event loop's lag (a task that sleeps one 20 ms
@@ -10,6 +14,7 @@ tick and records how late it woke).
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -22,6 +27,7 @@ __all__ = ["ServerMetrics", "metrics_available"]
 LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 TICK = 0.02
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def metrics_available() -> bool:
@@ -41,8 +47,11 @@ class ServerMetrics:
 
         self.registry = CollectorRegistry()
         r = self.registry
-        self.active = Gauge("trioagent_active_sessions", "Sessions running now", registry=r)
-        self.active.set_function(active)
+        self.multiprocess = MULTIPROC_DIR in os.environ  # (values in shared files; see the module doc)
+        self._active_now = active
+        self.active = Gauge("trioagent_active_sessions", "Sessions running now", registry=r, multiprocess_mode="livesum")
+        if not self.multiprocess:
+            self.active.set_function(active)
         self.started = Counter("trioagent_sessions_started", "Sessions started", registry=r)
         self.ended = Counter("trioagent_sessions_ended", "Sessions ended, by WebSocket close code", ["code"], registry=r)
         self.turns = Counter("trioagent_turns", "Turns answered (replies that reached the transport or were cut)", registry=r)
@@ -56,13 +65,22 @@ class ServerMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.active.set(self._active_now())
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone)  # type: ignore[no-untyped-call]  # (every worker's files)
+        return generate_latest(everyone), CONTENT_TYPE_LATEST
 
     def watch(self, session: AgentSession) -> None:
         """Count `session`'s events (call before it starts)."""
         self.started.inc()
+        if self.multiprocess:
+            self.active.set(self._active_now())
 
         def on_metrics(m: Any) -> None:
             self.turns.inc()
@@ -81,6 +99,8 @@ class ServerMetrics:
     def session_ended(self, session: AgentSession, code: int) -> None:
         self.ended.labels(code=str(code)).inc()
         self.underruns.inc(session.mixer.statistics().underruns)
+        if self.multiprocess:
+            self.active.set(self._active_now())
 
     async def measure_loop_lag(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Sleep a tick at a time, forever, recording how late each wake-up is."""

@@ -12,19 +12,27 @@ A worker that dies is restarted (its calls are lost, no others). SIGTERM: the su
 accepting and tells every worker to drain (their calls get ``--grace`` seconds, then 1001); it
 exits when they have. SIGHUP: a rolling restart, worker by worker: the new one takes the next
 calls before the old one drains, so no connection is refused.
+
+Metrics: with prometheus-client installed, the workers share a `PROMETHEUS_MULTIPROC_DIR` the
+supervisor makes (and removes at exit), so ``GET /metrics``, answered by any worker, counts all.
 """
 
 from __future__ import annotations
 
 import array
 import logging
+import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
+
+from .observe import MULTIPROC_DIR, metrics_available
 
 __all__ = ["FdListener", "Supervisor"]
 
@@ -95,11 +103,14 @@ class Supervisor:
     _numbers: int = 0
     _stopping: bool = False
     restarts: int = 0
+    metrics_dir: str | None = None
+    """Where the workers keep their metrics (prometheus-client's multiprocess mode), when it is installed."""
 
     async def _spawn(self, nursery: trio.Nursery) -> _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._numbers += 1
-        process = await trio.lowlevel.open_process([*self.worker_argv, "--fd", str(theirs.fileno())], pass_fds=(theirs.fileno(),))
+        env = {**os.environ, MULTIPROC_DIR: self.metrics_dir} if self.metrics_dir is not None else None
+        process = await trio.lowlevel.open_process([*self.worker_argv, "--fd", str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env)
         theirs.close()
         worker = _Worker(self._numbers, process, trio.socket.from_stdlib_socket(ours))
         self._pool.append(worker)
@@ -123,6 +134,10 @@ class Supervisor:
                 worker.active, worker.handed = int(lines[-1]), 0
         code = await worker.process.wait()
         worker.sock.close()
+        if self.metrics_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.process.pid, self.metrics_dir)  # type: ignore[no-untyped-call]  # (its live gauge goes)
         self._pool.remove(worker)
         worker.exited.set()
         if worker.taking and not self._stopping:
@@ -147,6 +162,15 @@ class Supervisor:
     async def run(self, listeners: Sequence[trio.SocketListener], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the workers, pass them connections until `drain()` (SIGTERM), then wait for
         them to finish."""
+        if self.metrics_dir is None and metrics_available():
+            self.metrics_dir = tempfile.mkdtemp(prefix="trioagent-metrics-")
+        try:
+            await self._run(listeners, task_status)
+        finally:
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    async def _run(self, listeners: Sequence[trio.SocketListener], task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for _ in range(self.workers):
