@@ -71,6 +71,10 @@ async def test_workers_restart_roll_and_drain() -> None:
         first = workers_of(supervisor.pid)
         assert len(first) == 2
         # The metrics are every worker's (three calls went to each, by least sessions).
+        deadline = time.monotonic() + 10  # (a call is over for the client a moment before its server side ends)
+        while (await metrics(port)).get("trioagent_sessions_ended_total{code=1000}") != 6:
+            assert time.monotonic() < deadline
+            await trio.sleep(0.05)
         for _ in range(2):  # (asked twice: whichever worker answers, the sum is the same)
             counted = await metrics(port)
             assert counted["trioagent_sessions_started_total"] == 6
