@@ -63,6 +63,37 @@ async def test_start_states_and_greeting(autojump_clock: trio.testing.MockClock)
     ]
 
 
+async def test_start_in_a_nursery_without_async_with(autojump_clock: trio.testing.MockClock) -> None:
+    """The seed's ``await session.start()``: it returns once the session runs (on_enter done),
+    the nursery owns the session, and close() ends it."""
+    agent = Greeter()
+    session, transport, _, _ = make_session(agent, ttfb=0.1)
+    async with trio.open_nursery() as nursery:
+        await session.start(nursery)
+        assert agent.calls == ["on_enter"] and session.agent_state == AgentState.IDLE
+        assert trio.current_time() == 0.0  # (started: the greeting is still to come)
+        handle = session.current_utterance
+        assert handle is not None
+        await handle
+        assert trio.current_time() == at(0.86)
+        await session.close()
+    assert agent.calls == ["on_enter", "on_exit", "cleanup"]
+    assert transport.voice_segments() == [(about(0.1), about(0.85))]
+    assert session.closed
+
+
+async def test_nursery_start_run_reports_a_failed_start(autojump_clock: trio.testing.MockClock) -> None:
+    class Broken(Agent):
+        async def on_enter(self) -> None:
+            raise ValueError("no greeting today")
+
+    session, _, _, _ = make_session(Broken(instructions="x"))
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(ValueError, match="no greeting today"):  # (from start itself, not the nursery)
+            await nursery.start(session.run)
+    assert session.closed
+
+
 async def test_states_are_lower_case_strings() -> None:
     assert [s.value for s in AgentState] == ["starting", "idle", "listening", "thinking", "speaking", "closing"]
     assert [s.value for s in UserState] == ["idle", "speaking", "listening"]

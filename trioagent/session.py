@@ -336,10 +336,27 @@ class AgentSession(EventEmitter):
                 exc.__context__ = context
                 del exc, group
 
-    async def run(self) -> None:
-        """Enter, wait until closed (by `close()`, `leave()` or the end of input), exit."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Enter, wait until closed (by `close()`, `leave()` or the end of input), exit.
+
+        Started (for ``await nursery.start(session.run)``) once the session runs: the agent's
+        `on_enter` has returned and the wake-up timer is armed. What stopped it starting is
+        raised (by `nursery.start` too).
+        """
         async with self:
+            task_status.started()
             await self.wait_closed()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """The seed's ``await session.start()``: run the session in `nursery` and return once it
+        runs (``await nursery.start(session.run)``). The nursery owns it: it ends when the
+        session closes, or when the nursery is cancelled.
+
+        Raises:
+            Exception: what stopped the session starting (an MCP server that is required and
+                could not start, say).
+        """
+        await nursery.start(self.run)
 
     async def wait_closed(self) -> None:
         """Wait until the session has closed. A checkpoint."""
