@@ -273,3 +273,29 @@ async def test_tool_returning_an_agent_hands_over(autojump_clock: trio.testing.M
     # The new agent knows the conversation so far, under its own instructions.
     contents = [getattr(i, "content", None) for i in session.agent.chat_context.items]
     assert contents[0] == "Sell." and "sales please" in contents and "Route calls." not in contents
+
+
+def test_component_configs_name_each_part_and_keep_secrets_out() -> None:
+    from trioagent import CascadingPipeline
+    from trioagent.providers.openai_llm import OpenAILLM
+    from trioagent.testing import ScriptedSTT, ToneTTS
+
+    pipeline = CascadingPipeline(stt=ScriptedSTT([]), llm=OpenAILLM(model="gpt-4o-mini", api_key="sk-not-for-logs", base_url="http://x/v1"), tts=ToneTTS())
+    configs = pipeline.get_component_configs()
+    assert set(configs) == {"stt", "llm", "tts", "vad", "eou"}
+    assert configs["llm"]["provider"] == "OpenAILLM" and configs["llm"]["model"] == "gpt-4o-mini"
+    assert configs["vad"] == {"provider": "EnergyVAD", "model": None, "sample_rate": 16000, "threshold_db": -40.0,
+                              "min_speech_duration": 0.1, "min_silence_duration": 0.3, "window": 0.01}  # fmt: skip
+    assert configs["tts"]["sample_rate"] == 24000 and configs["eou"]["provider"] == "SilenceTurnDetector"
+    assert "sk-not-for-logs" not in repr(configs) and not any("key" in name for c in configs.values() for name in c)
+
+
+async def test_a_developer_message_reaches_the_llm_as_such(autojump_clock: trio.testing.MockClock) -> None:
+    session, transport, llm, _ = make_session(Agent(instructions="Be brief."), transcripts=["hello"], script=["Fine."])
+    session.agent.chat_context.add_message(role=ChatRole.DEVELOPER, content="The user is a tester.")
+    async with session:
+        await transport.send_user_audio(speech(0.5) + silence(2.0))
+    (context,) = llm.calls
+    assert [(m.role, m.content) for m in context.messages][:3] == [
+        (ChatRole.SYSTEM, "Be brief."), (ChatRole.DEVELOPER, "The user is a tester."), (ChatRole.USER, "hello")]  # fmt: skip
+    assert {"role": "developer", "content": "The user is a tester."} in context.to_openai()

@@ -19,6 +19,7 @@ def _next_id() -> str:
 
 class ChatRole(str, enum.Enum):
     SYSTEM = "system"
+    DEVELOPER = "developer"  # (OpenAI's name for instructions from the application, as the seed has it)
     USER = "user"
     ASSISTANT = "assistant"
     TOOL = "tool"

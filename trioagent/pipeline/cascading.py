@@ -160,6 +160,14 @@ class CascadingPipeline:
             self.turn_detector = SilenceTurnDetector()
 
     # -- wiring ------------------------------------------------------------------------------
+    def get_component_configs(self) -> dict[str, dict[str, Any]]:
+        """The seed's: each component's public settings by role ("stt", "llm", "tts", "vad",
+        "eou"), with its class as "provider" and its "model" (None when it names none). Only
+        plain values (text, numbers, flags); nothing named like a key, secret, token or
+        password (these settings go to logs and traces)."""
+        parts: dict[str, object] = {"stt": self.stt, "llm": self.llm, "tts": self.tts, "vad": self.vad, "eou": self.turn_detector}
+        return {role: _settings(part) for role, part in parts.items() if part is not None}
+
     def attach(self, host: PipelineHost | None) -> None:
         self._host = host
         for provider in (self.stt, self.llm, self.tts):
@@ -616,3 +624,22 @@ class _bounded(Generic[T]):  # noqa: N801 - used as a function
             await aclose()
         else:
             await trio.lowlevel.checkpoint()
+
+
+_SECRET_WORDS = ("key", "secret", "token", "password")
+
+
+def _settings(part: object) -> dict[str, Any]:
+    """A component's public plain-valued settings (see `get_component_configs`)."""
+    cls = type(part)
+    if attrs.has(cls):
+        fields = {f.name: getattr(part, f.name) for f in attrs.fields(cls)}
+    else:
+        fields = dict(getattr(part, "__dict__", {}))  # (a plain class: its instance attributes)
+    out: dict[str, Any] = {"provider": type(part).__name__, "model": None}
+    for name, value in fields.items():
+        if name.startswith("_") or any(word in name.lower() for word in _SECRET_WORDS):
+            continue
+        if value is None or isinstance(value, str | int | float | bool):
+            out[name] = value
+    return out
