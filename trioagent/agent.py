@@ -35,6 +35,10 @@ class AgentSessionAPI(Protocol):
 
     def interrupt(self, *, force: bool = False) -> None: ...
 
+    def dtmf_received(self, digit: str) -> None: ...
+
+    def send_dtmf(self, digits: str) -> None: ...
+
     def get_context_history(self, include_function_calls: bool = False, include_system_messages: bool = False) -> list[dict[str, Any]]: ...
 
     async def play_background_audio(self, config: BackgroundAudioHandlerConfig, override_thinking: bool = False) -> None: ...
@@ -159,6 +163,10 @@ class Agent:
 
     async def on_exit(self) -> None:
         """Called when the agent hands over or the session closes."""
+
+    async def on_dtmf(self, digit: str) -> None:
+        """Called with each keypad digit the caller presses (``0``-``9``, ``*``, ``#``,
+        ``A``-``D``), in the session's nursery: it may speak or hand over. Nothing by default."""
 
     def on_speech_in(self, data: dict[str, Any]) -> None:
         """Called with each final user transcript (``{"text": ..., ...}``)."""

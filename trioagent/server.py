@@ -434,8 +434,7 @@ class Server:
             return CloseCode.GOING_AWAY, "server shutting down"
         clock = min(self._clocks, key=self._clocks.__getitem__)
         session = AgentSession(agent, pipeline, transport=transport, tick_clock=clock)
-        if isinstance(transport, BrowserTransport | RealtimeTransport):
-            transport.attach(session)
+        transport.attach(session)
         if self.metrics is not None:
             self.metrics.watch(session)
         if self.on_session is not None:

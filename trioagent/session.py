@@ -33,7 +33,7 @@ from .audio.frame import AudioFrame
 from .audio.mixer import Mixer, TickClock
 from .audio.player import BackgroundAudioHandlerConfig, BackgroundAudioPlayer
 from .chat import ChatItem, ChatMessage, ChatRole, FunctionCall, FunctionCallOutput
-from .errors import ProviderError, SessionClosed, sole_error
+from .errors import ProviderError, SessionClosed, TransportError, sole_error
 from .events import CloseEvent, ConversationItemAdded, ErrorEvent, EventEmitter, SpeechCreated, UserInputTranscribed
 from . import tracing
 from .flow import ConversationFlow
@@ -42,7 +42,7 @@ from .metrics import TurnMetrics
 from .pipeline.base import Pipeline
 from .scheduler import SpeechScheduler, SpeechSource, UserSpeechEffect, UtteranceState, running_handle
 from .states import AgentState, UserState
-from .transports.base import NowaitAudio, NullTransport, PlayoutTracking, Transport
+from .transports.base import DTMF_DIGITS, NowaitAudio, NullTransport, PlayoutTracking, SendsDtmf, Transport
 from .utterance import SpeechOutlet, UserTurn, Utterance, UtteranceHandle
 
 __all__ = ["AgentSession", "AgentState", "UserState"]
@@ -101,6 +101,7 @@ class AgentSession(EventEmitter):
             "speech_created",
             "error",
             "provider_switched",
+            "dtmf",
             "close",
         }
     )
@@ -630,6 +631,43 @@ class AgentSession(EventEmitter):
         else:
             turn.message = context.add_message(role=ChatRole.USER, content=turn.text)
         self._item_added(turn.message)
+
+    def dtmf_received(self, digit: str) -> None:
+        """A keypad digit from the caller (transports call this): the ``dtmf`` event
+        (``{"digit": ...}``), then `Agent.on_dtmf(digit)` in the session's nursery (one that
+        raises is logged and the session goes on). Not a checkpoint.
+
+        Raises:
+            ValueError: not a keypad digit.
+        """
+        if len(digit) != 1 or digit not in DTMF_DIGITS:
+            raise ValueError(f"{digit!r} is not a keypad digit (0-9, *, #, A-D)")
+        if self._close_started or self._nursery is None:
+            return
+        self.emit("dtmf", {"digit": digit})
+        self._nursery.start_soon(self._on_dtmf, self.agent, digit)
+
+    async def _on_dtmf(self, agent: Agent, digit: str) -> None:
+        try:
+            await agent.on_dtmf(digit)
+        except SessionClosed:
+            pass  # (closed meanwhile)
+        except Exception:
+            _log.exception("%s.on_dtmf(%r) failed", type(agent).__name__, digit)
+
+    def send_dtmf(self, digits: str) -> None:
+        """Send keypad digits to the far end, where the transport can (the browser protocol
+        can; Twilio Media Streams cannot). Not a checkpoint.
+
+        Raises:
+            ValueError: something in `digits` is not a keypad digit.
+            TransportError: this transport cannot send digits.
+        """
+        if not digits or any(d not in DTMF_DIGITS for d in digits):
+            raise ValueError(f"{digits!r}: keypad digits are 0-9, *, #, A-D")
+        if not isinstance(self.transport, SendsDtmf):
+            raise TransportError(f"{type(self.transport).__name__} cannot send DTMF")
+        self.transport.send_dtmf(digits)
 
     def interrupt(self, *, force: bool = False) -> None:
         """Interrupt the agent's current speech if it is interruptible (any, with `force`), and

@@ -64,6 +64,11 @@ def parse_control(text: str | bytes) -> Control:
         if not isinstance(name, str):
             raise ProtocolError("mark: 'name' must be a string")
         return Control("mark", name)
+    if obj["type"] == "dtmf":
+        digit = obj.get("digit")
+        if not isinstance(digit, str) or len(digit) != 1 or digit not in "0123456789*#ABCD":
+            raise ProtocolError("dtmf: 'digit' must be one of 0-9, *, #, A-D")
+        return Control("dtmf", digit)
     if obj["type"] not in ("interrupt", "end"):
         raise ProtocolError(f"unknown message type {obj['type']!r}")
     return Control(obj["type"])

@@ -94,3 +94,16 @@ class NowaitAudio(Protocol):
     async def wait_send_space(self) -> None:
         """Until `send_audio_nowait` may be called again."""
         ...
+
+
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+"""The keypad digits (RFC 4733 events 0-15)."""
+
+
+@runtime_checkable
+class SendsDtmf(Protocol):
+    """A transport that can send keypad digits to the far end (`AgentSession.send_dtmf`)."""
+
+    def send_dtmf(self, digits: str) -> None:
+        """Queue `digits` for the far end. Not a checkpoint."""
+        ...

@@ -133,6 +133,10 @@ class _WebSocketTransport:
         self._echo_at = trio.current_time()
         self.marks_echoed += 1
 
+    def attach(self, session: AgentSessionAPI) -> None:
+        """Report to `session` (held weakly: the session owns the transport)."""
+        self._session = weakref.ref(session)
+
     def _audio_message(self, frame: AudioFrame) -> str | bytes:
         raise NotImplementedError
 
@@ -264,6 +268,10 @@ class BrowserTransport(_WebSocketTransport):
     def _mark_message(self, name: str) -> str:
         return bp.message("mark", name=name)
 
+    def send_dtmf(self, digits: str) -> None:
+        """Send keypad digits to the page (``{"type": "dtmf", "digits": ...}``). Not a checkpoint."""
+        self.send_control(bp.message("dtmf", digits=digits))
+
     def clear(self) -> None:
         self._drop_queued_audio()
         self.send_control(bp.message("clear"))
@@ -282,6 +290,8 @@ class BrowserTransport(_WebSocketTransport):
             return
         elif control.type == "interrupt":
             session.interrupt()
+        elif control.type == "dtmf":
+            session.dtmf_received(control.name)
         else:
             self.hung_up = True
             self._in_send.close()
@@ -334,6 +344,8 @@ class TwilioTransport(_WebSocketTransport):
             self._on_mark(event.name)
         elif isinstance(event, TwilioDtmf):
             self.dtmf.append(event.digit)
+            if (session := self.session) is not None:
+                session.dtmf_received(event.digit)
         elif isinstance(event, TwilioStop):
             self.hung_up = True
             self._in_send.close()
