@@ -132,6 +132,7 @@ class AgentSession(EventEmitter):
         self.close_grace = close_grace
         self.close_on_input_end = close_on_input_end
         self.answer_turns = answer_turns
+        self._typed = 0  # typed turns (send_text)
         self.tick_clock = tick_clock
         self.on_wake_up: Callable[[], Any] | None = None
         self.mixer = Mixer(sample_rate=self.transport.output_sample_rate)
@@ -605,14 +606,36 @@ class AgentSession(EventEmitter):
         self.emit("speech_created", SpeechCreated(utterance.handle, utterance.source))
         self._scheduler.submit(utterance)
 
-    def _submit_user_turn(self, turn: UserTurn) -> None:
+    async def send_text(self, text: str) -> UtteranceHandle | None:
+        """A typed user turn (the seed pipeline's ``send_text_message``): it cuts the agent's
+        interruptible speech, goes into the chat context and is answered like a spoken turn
+        (its handle; None when the session does not answer turns, `answer_turns=False`). A
+        checkpoint.
+
+        Raises:
+            ValueError: the text is empty.
+            SessionClosed: the session is not running.
+        """
+        text = " ".join(text.split())
+        if not text:
+            raise ValueError("send_text needs some text")
+        self._require_nursery()
+        self._typed += 1
+        now = trio.current_time()
+        self.interrupt()
+        turn = UserTurn(text, TurnMetrics(turn_id=f"typed_{self._typed}", user_text=text, user_speech_end=now, end_of_turn_at=now))
+        handle = self._submit_user_turn(turn)
+        await trio.lowlevel.checkpoint()
+        return handle
+
+    def _submit_user_turn(self, turn: UserTurn) -> UtteranceHandle | None:
         if self._close_started:
-            return
+            return None
         if turn.text:  # (a speech-to-speech pipeline's transcript may come later: it emits then)
             self.emit("on_speech_in", {"text": turn.text, "start": turn.metrics.user_speech_start, "end": turn.metrics.user_speech_end})
         if not self.answer_turns:
             self._keep_unanswered(turn)
-            return
+            return None
         waiting = self._scheduler.queue.waiting_user_turn()
         if waiting is not None:
             # The user spoke again before the last turn was even started: one turn, one answer.
@@ -622,6 +645,7 @@ class AgentSession(EventEmitter):
                 turn = earlier.merge(turn)
         handle = UtteranceHandle(source=SpeechSource.USER_TURN, interruptible=self.pipeline.allow_interruptions)
         self._submit(Utterance(handle, self._outlet, user_turn=turn))
+        return handle
 
     def _keep_unanswered(self, turn: UserTurn) -> None:
         """Put a user turn into the chat context without answering it (once)."""

@@ -30,8 +30,8 @@ class Hello:
 
 @attrs.frozen
 class Control:
-    type: str  # "interrupt", "end" or "mark"
-    name: str = ""  # of a "mark": the name the server gave it
+    type: str  # "interrupt", "end", "mark", "dtmf" or "text"
+    name: str = ""  # a mark's name, a dtmf digit, or the typed text
 
 
 def _object(text: str | bytes) -> dict[str, Any]:
@@ -57,6 +57,10 @@ def parse_hello(text: str | bytes) -> Hello:
     return Hello(rate, out, token)
 
 
+MAX_TEXT = 2000
+"""The longest typed message (characters) a client may send."""
+
+
 def parse_control(text: str | bytes) -> Control:
     obj = _object(text)
     if obj["type"] == "mark":
@@ -64,6 +68,11 @@ def parse_control(text: str | bytes) -> Control:
         if not isinstance(name, str):
             raise ProtocolError("mark: 'name' must be a string")
         return Control("mark", name)
+    if obj["type"] == "text":
+        typed = obj.get("text")
+        if not isinstance(typed, str) or not typed.strip() or len(typed) > MAX_TEXT:
+            raise ProtocolError(f"text: 'text' must be a non-empty string of at most {MAX_TEXT} characters")
+        return Control("text", typed)
     if obj["type"] == "dtmf":
         digit = obj.get("digit")
         if not isinstance(digit, str) or len(digit) != 1 or digit not in "0123456789*#ABCD":

@@ -292,6 +292,8 @@ class BrowserTransport(_WebSocketTransport):
             session.interrupt()
         elif control.type == "dtmf":
             session.dtmf_received(control.name)
+        elif control.type == "text":
+            await session.send_text(control.name)
         else:
             self.hung_up = True
             self._in_send.close()

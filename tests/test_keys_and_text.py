@@ -1,5 +1,6 @@
-"""Keypad digits (DTMF): from Twilio and the browser protocol to `dtmf` events and
-`Agent.on_dtmf`, and `session.send_dtmf` where the transport can send them; in virtual time."""
+"""Input that is not speech, in virtual time: keypad digits (DTMF) from Twilio and the browser
+protocol as `dtmf` events and `Agent.on_dtmf`, `session.send_dtmf` where the transport can send
+them; typed turns (`session.send_text`, the browser protocol's `text` message)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,43 @@ async def test_digits_from_twilio_and_from_the_browser(autojump_clock: trio.test
     assert [m["text"] for m in browser.of("agent_text")] == ["You pressed *"]
     assert browser.closed is not None and browser.closed.code == 1007 and "dtmf" in (browser.closed.reason or "")
     assert twilio.of("media")  # (the answer to 4 was spoken to the caller)
+
+
+# -- typed turns (the same kind of input: not speech) -----------------------------------------
+async def test_a_typed_turn_is_answered_like_a_spoken_one(autojump_clock: trio.testing.MockClock) -> None:
+    from trioagent import ChatRole
+
+    session, transport, llm, tts = make_session(script=["A long answer that goes on and on and on.", "Paris."])
+    async with session:
+        await session.say("Welcome to the help line, how can I help you today?")
+        await trio.sleep(0.5)
+        handle = await session.send_text("  what is the   capital of France? ")
+        assert handle is not None
+        await handle
+        with pytest.raises(ValueError, match="needs some text"):
+            await session.send_text("   ")
+    assert tts.texts[0] == "Welcome to the help line, how can I help you today?"
+    assert [(m.role, m.content) for m in session.agent.chat_context.messages][1:3] == [
+        (ChatRole.ASSISTANT, "Welcome to"),  # (cut by the typed turn at 0.5 s: the two words heard)
+        (ChatRole.USER, "what is the capital of France?"),
+    ]
+    assert llm.calls[0].messages[-1].content == "what is the capital of France?"
+    assert session.metrics[0].user_text == "what is the capital of France?" and session.metrics[0].e2e_latency is not None
+
+
+async def test_typed_text_from_the_browser(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    listener = MemoryListener()
+    server = Server(lambda: (Agent(instructions="x"), CascadingPipeline(stt=ScriptedSTT([]), llm=ScriptedLLM(["It is Paris."]), tts=ToneTTS())), secret=SECRET)
+    await nursery.start(lambda task_status: server.run(listeners=[listener], task_status=task_status))
+    async with trio.open_nursery() as calls:
+        ws = await open_ws(calls, listener, "/ws")
+        browser = Client(ws)
+        calls.start_soon(browser.read)
+        await ws.send_message(hello())
+        await trio.sleep(0.2)
+        await ws.send_message(json.dumps({"type": "text", "text": "capital of France?"}))
+        await trio.sleep(2.0)
+        await ws.send_message(json.dumps({"type": "text", "text": "x" * 2001}))
+        await trio.sleep(0.5)
+    assert [m["text"] for m in browser.of("agent_text")] == ["It is Paris."]
+    assert browser.audio and browser.closed is not None and browser.closed.code == 1007
