@@ -198,6 +198,11 @@ class UtteranceHandle:
         return self._state
 
     @property
+    def is_interruptible(self) -> bool:
+        """The seed's name for `interruptible`."""
+        return self.interruptible
+
+    @property
     def interrupted(self) -> bool:
         return self._state is UtteranceState.INTERRUPTED
 
