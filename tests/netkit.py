@@ -47,10 +47,10 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
         return client
 
 
-async def start_memory_server(nursery: trio.Nursery, **options: Any) -> tuple[Server, MemoryListener]:
+async def start_memory_server(nursery: trio.Nursery, agent_factory: Any = factory, **options: Any) -> tuple[Server, MemoryListener]:
     options.setdefault("secret", SECRET)
     listener = MemoryListener()
-    server = Server(factory, **options)
+    server = Server(agent_factory, **options)
     await nursery.start(lambda task_status: server.run(listeners=[listener], task_status=task_status))
     return server, listener
 

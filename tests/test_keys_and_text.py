@@ -13,11 +13,10 @@ import trio
 import trio.testing
 
 from trioagent import Agent, CascadingPipeline, TransportError
-from trioagent.server import Server
 from trioagent.testing import ScriptedLLM, ScriptedSTT, ToneTTS
 
 from .kit import make_session
-from .netkit import SECRET, TWILIO_CONNECTED, TWILIO_STOP, Client, MemoryListener, hello, open_ws, twilio_start
+from .netkit import TWILIO_CONNECTED, TWILIO_STOP, Client, browser_client, open_ws, start_memory_server, twilio_start
 
 
 class Menu(Agent):
@@ -67,10 +66,8 @@ def menu_factory() -> tuple[Agent, CascadingPipeline]:
 
 
 async def test_digits_from_twilio_and_from_the_browser(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
-    listener = MemoryListener()
     agents: list[Menu] = []
-    server = Server(menu_factory, secret=SECRET, on_session=lambda s: agents.append(s.agent))  # type: ignore[arg-type]
-    await nursery.start(lambda task_status: server.run(listeners=[listener], task_status=task_status))
+    server, listener = await start_memory_server(nursery, menu_factory, on_session=lambda s: agents.append(s.agent))
 
     async with trio.open_nursery() as calls:
         ws = await open_ws(calls, listener, "/twilio")
@@ -83,10 +80,7 @@ async def test_digits_from_twilio_and_from_the_browser(autojump_clock: trio.test
         await trio.sleep(2.0)
         await ws.send_message(TWILIO_STOP)
 
-        ws = await open_ws(calls, listener, "/ws")
-        browser = Client(ws)
-        calls.start_soon(browser.read)
-        await ws.send_message(hello())
+        ws, browser = await browser_client(calls, listener)
         await trio.sleep(0.3)
         await ws.send_message(json.dumps({"type": "dtmf", "digit": "*"}))
         await trio.sleep(2.0)
@@ -124,14 +118,9 @@ async def test_a_typed_turn_is_answered_like_a_spoken_one(autojump_clock: trio.t
 
 
 async def test_typed_text_from_the_browser(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
-    listener = MemoryListener()
-    server = Server(lambda: (Agent(instructions="x"), CascadingPipeline(stt=ScriptedSTT([]), llm=ScriptedLLM(["It is Paris."]), tts=ToneTTS())), secret=SECRET)
-    await nursery.start(lambda task_status: server.run(listeners=[listener], task_status=task_status))
+    _, listener = await start_memory_server(nursery, lambda: (Agent(instructions="x"), CascadingPipeline(stt=ScriptedSTT([]), llm=ScriptedLLM(["It is Paris."]), tts=ToneTTS())))
     async with trio.open_nursery() as calls:
-        ws = await open_ws(calls, listener, "/ws")
-        browser = Client(ws)
-        calls.start_soon(browser.read)
-        await ws.send_message(hello())
+        ws, browser = await browser_client(calls, listener)
         await trio.sleep(0.2)
         await ws.send_message(json.dumps({"type": "text", "text": "capital of France?"}))
         await trio.sleep(2.0)

@@ -305,27 +305,10 @@ class ServerWebSocket:
             self._push_urgent(self._encode(message))
 
     async def send_droppable(self, messages: Iterable[str | bytes]) -> None:
-        """Send `messages` (audio), or queue them behind a write under way; waits while
-        `max_queued` are already queued. A checkpoint only when it queues or waits."""
-        if self._output_shut or self._ws.state is not ConnectionState.OPEN:
-            await trio.lowlevel.checkpoint()
-            return
-        if self._socket is not None and not (self._writing or self._partial or self._droppable):
-            # The usual case: nothing under way, so write now, without a task switch.
-            data = b"".join([*self._urgent, *(self._encode(m) for m in messages)])
-            self._urgent.clear()
-            self._partial = data[self._write_now(data) :]
-            if self._partial:
-                self._wake.set()  # (the writer waits until the socket takes the rest)
-            return
-        while len(self._droppable) >= self.max_queued and not self._output_shut:
-            self._space = trio.Event() if self._space.is_set() else self._space
-            await self._space.wait()
-        if self._output_shut or self._ws.state is not ConnectionState.OPEN:
-            return
-        self._droppable.extend(self._encode(m) for m in messages)
-        self._wake.set()
-        await trio.lowlevel.checkpoint()
+        """Send `messages` (audio), or queue them behind a write under way; waits first while
+        `max_queued` are already queued. A checkpoint."""
+        await self.wait_space()
+        self.send_droppable_nowait(messages)
 
     def send_droppable_nowait(self, messages: Iterable[str | bytes]) -> bool:
         """Send `messages` or queue them (even beyond `max_queued`); False when the queue is
@@ -333,6 +316,7 @@ class ServerWebSocket:
         if self._output_shut or self._ws.state is not ConnectionState.OPEN:
             return True
         if self._socket is not None and not (self._writing or self._partial or self._droppable):
+            # The usual case: nothing under way, so write now, without a task switch.
             data = b"".join([*self._urgent, *(self._encode(m) for m in messages)])
             self._urgent.clear()
             self._partial = data[self._write_now(data) :]

@@ -106,8 +106,8 @@ class _WebSocketTransport:
         return (self._audio_message(frame),)
 
     async def send_audio(self, frame: AudioFrame) -> None:
-        """Send a frame. A checkpoint only when it waits: the usual send is one non-blocking
-        write."""
+        """Send a frame (one non-blocking write, usually), after waiting while the queue is
+        full. A checkpoint."""
         await self.ws.send_droppable(self._messages_for(frame))
 
     def send_audio_nowait(self, frame: AudioFrame) -> bool:
