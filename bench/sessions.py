@@ -66,7 +66,7 @@ async def one_session(
     transport = TimedTransport(input_sample_rate=16000, output_sample_rate=OUTPUT_RATE)
     turns = int(DURATION / 3) + 2
     pipeline = CascadingPipeline(stt=PassThroughSTT((7 * index) % PATTERN_FRAMES), llm=ScriptedLLM(["Sure, here you go."] * turns), tts=ToneTTS(seconds_per_word=0.2))
-    config = BackgroundAudioHandlerConfig(tmp / "bg.wav", volume=0.3)
+    config = BackgroundAudioHandlerConfig(tmp / "bg.wav", volume=0.3, looping=True)
     session = AgentSession(Agent(), pipeline, transport=transport, background_audio=config, tick_clock=clock)
     async with session:
         thinking = session.mixer.add_source(16000, loop=True, gain=0.2, name="thinking")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trio
 
-from trioagent import AudioFormatError, BackgroundAudioHandlerConfig
+from trioagent import BackgroundAudioHandlerConfig
 from trioagent.audio import BackgroundAudioPlayer, Mixer, write_wav
 
 from .helpers import dc, running_mixer
@@ -22,7 +22,7 @@ def hum(tmp_path: Path) -> Path:
 async def test_loops_and_stops_with_fade(autojump_clock: trio.testing.MockClock, hum: Path) -> None:
     mixer = Mixer(sample_rate=48000)
     async with running_mixer(mixer) as rec, trio.open_nursery() as nursery:
-        player = BackgroundAudioPlayer(BackgroundAudioHandlerConfig(hum, volume=0.5), mixer)
+        player = BackgroundAudioPlayer(BackgroundAudioHandlerConfig(hum, volume=0.5, looping=True), mixer)
         await player.start(nursery)
         assert player.is_playing
         await trio.sleep(1.0)  # longer than the file: it loops
@@ -50,15 +50,38 @@ async def test_one_shot_plays_out(autojump_clock: trio.testing.MockClock, hum: P
         assert not player.is_playing
 
 
-async def test_errors_reach_the_caller(tmp_path: Path) -> None:
+async def test_a_missing_or_undecodable_file_is_a_warning_and_plays_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     mixer = Mixer()
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....garbage")
+    (tmp_path / "bad.mp3").write_bytes(b"ID3 not really")
     async with trio.open_nursery() as nursery:
-        with pytest.raises(FileNotFoundError):
-            await BackgroundAudioPlayer(BackgroundAudioHandlerConfig(tmp_path / "nope.wav"), mixer).start(nursery)
-        (tmp_path / "bad.wav").write_bytes(b"RIFF....garbage")
-        with pytest.raises(AudioFormatError):
-            await BackgroundAudioPlayer(BackgroundAudioHandlerConfig(tmp_path / "bad.wav"), mixer).start(nursery)
+        for name in ("nope.wav", "bad.wav", "bad.mp3"):
+            await BackgroundAudioPlayer(BackgroundAudioHandlerConfig(tmp_path / name), mixer).start(nursery)
     assert mixer.sources == ()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3 and all(w.startswith("background audio not played: ") for w in warnings)
+    assert "nope.wav" in warnings[0]
+
+
+@pytest.mark.parametrize("fmt, subtype, tolerance", [("FLAC", "PCM_16", 2), ("OGG", "VORBIS", 600), ("MP3", "MPEG_LAYER_III", 600)])
+async def test_common_formats_decode_resample_and_play(autojump_clock: trio.testing.MockClock, tmp_path: Path, fmt: str, subtype: str, tolerance: int) -> None:
+    """FLAC, OGG/Vorbis and MP3 (through soundfile), stereo at 44.1 kHz, played at 48 kHz."""
+    soundfile = pytest.importorskip("soundfile")
+    rate = 44100
+    t = np.arange(rate) / rate
+    tone = 0.25 * np.sin(2 * np.pi * 300 * t)
+    path = tmp_path / f"clip.{fmt.lower()}"
+    soundfile.write(path, np.stack([tone, tone], axis=1), rate, format=fmt, subtype=subtype)
+    mixer = Mixer(sample_rate=48000)
+    async with running_mixer(mixer) as rec, trio.open_nursery() as nursery:
+        player = BackgroundAudioPlayer(BackgroundAudioHandlerConfig(path), mixer)
+        await player.start(nursery)
+        assert player.source is not None
+        await player.source.wait_played_out()
+    peak = max(int(np.abs(f.samples).max()) for f in rec.frames if 0.3 <= f.timestamp <= 0.7)
+    assert abs(peak - 0.25 * 32767) <= tolerance  # (a lossy codec moves the peak a little)
+    heard = [f.timestamp for f in rec.frames if f.samples.any()]
+    assert heard[0] == pytest.approx(0.0, abs=1e-9) and heard[-1] == pytest.approx(1.0, abs=0.08)  # about 1 s, once
 
 
 async def test_disabled_config_plays_nothing(hum: Path) -> None:

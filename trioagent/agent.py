@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -147,9 +149,12 @@ class Agent:
     def session(self, value: AgentSessionAPI | None) -> None:
         self._session = weakref.ref(value) if value is not None else None
 
-    def set_thinking_audio(self, config: BackgroundAudioHandlerConfig) -> None:
-        """Audio to play while the agent thinks (between the user's turn and the first word)."""
-        self._thinking_background_config = config
+    def set_thinking_audio(self, file: str | os.PathLike[str] | BackgroundAudioHandlerConfig, volume: float = 0.3) -> None:
+        """Audio to play while the agent thinks (between the user's turn and the first word):
+        a file (looped, at `volume`, as the seed does) or a whole config."""
+        if not isinstance(file, BackgroundAudioHandlerConfig):
+            file = BackgroundAudioHandlerConfig(file, volume=volume, looping=True)
+        self._thinking_background_config = file
 
     @property
     def thinking_audio(self) -> BackgroundAudioHandlerConfig | None:
