@@ -359,6 +359,34 @@ async def test_thinking_audio_plays_while_thinking(autojump_clock: trio.testing.
     assert np.abs(after.samples).max() <= 0.3 * 32767 + 1  # only the voice, no thinking sound
 
 
+async def test_playback_mode_is_the_agents_voice_and_is_cut_like_speech(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    path = tmp_path / "jingle.wav"
+    write_wav(path, dc(1.0, 16000, 8000))
+    session, transport, _, _ = make_session()
+    states: list[str] = []
+    session.on("agent_state_changed", lambda d: states.append(d["state"]))
+    async with session:
+        await trio.sleep(0.2)
+        await session.play_background_audio(BackgroundAudioHandlerConfig(path, volume=0.5, mode="playback"))
+        handle = session.current_utterance
+        assert handle is not None and handle.is_interruptible
+        await trio.sleep(0.4)
+        session.interrupt()  # cut like speech
+        await handle
+        assert handle.interrupted
+        await trio.sleep(0.3)
+
+    def level(t: float) -> float:
+        frame = next(f for f in transport.output if abs(f.timestamp - t) < 1e-9)
+        return float(np.mean(frame.samples))
+
+    assert level(0.1) == 0.0 and level(0.4) == pytest.approx(4000, abs=2)  # the clip at volume 0.5, as the voice
+    assert all(not f.samples.any() for f in transport.output if f.timestamp >= 0.64 - 1e-9)  # cut at 0.6 (+ the fade)
+    assert "speaking" in states
+    with pytest.raises(ValueError):
+        BackgroundAudioHandlerConfig(path, mode="blaring")
+
+
 async def test_a_missing_background_file_is_a_warning(autojump_clock: trio.testing.MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     session, transport, _, _ = make_session()
     async with session:

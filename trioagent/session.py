@@ -31,7 +31,7 @@ import trio
 from .agent import Agent
 from .audio.frame import AudioFrame
 from .audio.mixer import Mixer, TickClock
-from .audio.player import BackgroundAudioHandlerConfig, BackgroundAudioPlayer
+from .audio.player import BackgroundAudioHandlerConfig, BackgroundAudioPlayer, load_clip
 from .chat import ChatItem, ChatMessage, ChatRole, FunctionCall, FunctionCallOutput
 from .errors import ProviderError, SessionClosed, TransportError, sole_error
 from .events import CloseEvent, ConversationItemAdded, ErrorEvent, EventEmitter, SpeechCreated, UserInputTranscribed
@@ -726,6 +726,12 @@ class AgentSession(EventEmitter):
         """One utterance's work, in the scheduler's runner inside the handle's cancel scope."""
         if self._user_speaking and utterance.handle.interruptible:
             self._scheduler.hold(utterance.handle)  # never start over the user: judged at the end of the speech
+        if utterance.clip is not None:  # background audio in "playback" mode: the clip is the voice
+            utterance.open_voice(utterance.clip.sample_rate)
+            utterance.push_audio(utterance.clip)
+            utterance.end_audio()
+            await utterance.wait_played_out()
+            return
         if utterance.source is SpeechSource.SAY:
             await self.pipeline.say(utterance)
             return
@@ -789,12 +795,21 @@ class AgentSession(EventEmitter):
 
     # -- background and thinking audio ---------------------------------------------------------------
     async def play_background_audio(self, config: BackgroundAudioHandlerConfig, override_thinking: bool = False) -> None:
-        """Play `config` under everything else (ducked while the agent speaks).
-
-        Raises:
-            FileNotFoundError, AudioFormatError: the file cannot be played.
-        """
+        """Play `config` under everything else, ducked while the agent speaks (``"mixing"``), or
+        as the agent's voice in the speech queue (``"playback"``, cut like speech). A missing or
+        undecodable file is a warning and plays nothing."""
         nursery = self._require_nursery()
+        if config.mode == "playback":
+            if not config.enabled:
+                await trio.lowlevel.checkpoint()
+                return
+            clip = load_clip(config, self.mixer.sample_rate)
+            if clip is not None:
+                frame = AudioFrame.from_float(clip * config.volume, self.mixer.sample_rate)
+                handle = UtteranceHandle(source=SpeechSource.SAY, interruptible=True)
+                self._submit(Utterance(handle, self._outlet, clip=frame, add_to_chat_context=False))
+            await trio.lowlevel.checkpoint()
+            return
         if override_thinking and self._thinking_player is not None and self._thinking_player.is_playing:
             await self.stop_thinking_audio()
             self._thinking_was_playing = True

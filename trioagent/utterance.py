@@ -74,7 +74,7 @@ class Utterance:
     cancel scope. A pipeline uses only what is documented here (the realtime pipeline the same).
 
     What to produce: `handle`, `source`, `text` (for a say), `instructions` (for a reply),
-    `user_turn` (for the answer to one), `add_to_chat_context`.
+    `user_turn` (for the answer to one), `clip` (audio to play as it is), `add_to_chat_context`.
     """
 
     def __init__(
@@ -86,8 +86,12 @@ class Utterance:
         instructions: str | None = None,
         user_turn: UserTurn | None = None,
         add_to_chat_context: bool = True,
+        clip: AudioFrame | None = None,
     ) -> None:
         self.handle = handle
+        self.clip = clip
+        """Audio to play as the voice instead of synthesising `text` (background audio in
+        ``"playback"`` mode)."""
         self.text = text
         self.instructions = instructions
         self.user_turn = user_turn

@@ -16,7 +16,7 @@ from .frame import AudioFrame, Float32Array
 from .mixer import Mixer, MixerSource
 from .resample import resample
 
-__all__ = ["BackgroundAudioHandlerConfig", "BackgroundAudioPlayer"]
+__all__ = ["BackgroundAudioHandlerConfig", "BackgroundAudioPlayer", "load_clip"]
 
 _log = logging.getLogger("trioagent.audio.player")
 
@@ -45,6 +45,10 @@ class BackgroundAudioHandlerConfig:
     volume: float = attrs.field(default=1.0, validator=_check_volume)
     looping: bool = False
     enabled: bool = True
+    mode: str = attrs.field(default="mixing", validator=attrs.validators.in_(("mixing", "playback")))
+    """``"mixing"``: under everything else, ducked while the agent speaks. ``"playback"``: the
+    clip is the agent's voice, in the speech queue, cut by a barge-in or `interrupt()` like speech
+    (played once; `looping` applies to mixing)."""
 
 
 def decode(path: str) -> AudioFrame:
@@ -79,6 +83,20 @@ def _load_clip(path: str, mtime_ns: int, size: int, rate: int) -> Float32Array:
     data = resample(decode(path), rate).to_float()
     data.flags.writeable = False
     return data
+
+
+def load_clip(config: BackgroundAudioHandlerConfig, rate: int, name: str = "background") -> Float32Array | None:
+    """The clip of `config` at `rate` (shared, read-only), or None with a warning in the log
+    when the file is missing or cannot be decoded."""
+    path = os.fspath(config.file_path)
+    try:
+        st = os.stat(path)
+        # Read in this thread: clips are small and cached, and a thread hop would let a
+        # MockClock jump while the file loads, which breaks virtual-time determinism.
+        return _load_clip(path, st.st_mtime_ns, st.st_size, rate)
+    except (OSError, AudioFormatError) as exc:
+        _log.warning("%s audio not played: %s", name, exc)
+        return None
 
 
 @attrs.define(eq=False)
@@ -117,14 +135,8 @@ class BackgroundAudioPlayer:
             return
         if self._scope is not None:
             raise RuntimeError("this player was already started")
-        path = os.fspath(self.config.file_path)
-        try:
-            st = os.stat(path)
-            # Read in this thread: clips are small and cached, and a thread hop would let a
-            # MockClock jump while the file loads, which breaks virtual-time determinism.
-            data = _load_clip(path, st.st_mtime_ns, st.st_size, self.mixer.sample_rate)
-        except (OSError, AudioFormatError) as exc:
-            _log.warning("%s audio not played: %s", self.name, exc)
+        data = load_clip(self.config, self.mixer.sample_rate, self.name)
+        if data is None:
             await trio.lowlevel.checkpoint()
             return
         await nursery.start(self._run, data)
