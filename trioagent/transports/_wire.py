@@ -7,12 +7,14 @@ session's own work; on a server holding many calls that, not the audio, was most
 (NOTES.md, "The network path"). Here:
 
 - Reading happens in the task that calls `get_message` (the transport's reader): one socket
-  read, wsproto's parse, messages out. Pings and the peer's close are answered as they come.
+  read, the data frames parsed here (the hot path: RFC 6455 5.2 by hand, fuzzed against
+  wsproto's parser in the tests), messages out. wsproto runs the handshake and the closing
+  handshake. Pings and the peer's close are answered as they come.
 - Sending: everything queued goes out in one write, in this order: the rest of a write begun
   before (a frame is never cut), `urgent` frames (control messages, pongs, the close), then
   `droppable` frames (audio and its marks; `drop_droppable()` forgets them on barge-in). When
-  no write is under way, `send_droppable` writes straight to the socket without blocking
-  (`os.write` on the non-blocking descriptor): the usual case costs no task switch at all.
+  no write is under way, `send_droppable_nowait` writes straight to the socket without
+  blocking (`os.write` on the non-blocking descriptor): the usual case costs no task switch.
   What the socket does not take now is written by `writer()`, a task the transport runs, which
   also sends what `send_soon` queues. A peer that stops reading holds at most `max_queued`
   droppable frames here; beyond that `send_droppable` waits (back-pressure on the mixer).
