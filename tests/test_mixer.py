@@ -230,6 +230,63 @@ async def test_pump_behind_a_shared_clock_skips_and_counts(autojump_clock: trio.
     assert mixer.statistics().underruns == 3
 
 
+class NowaitRecorder:
+    """A sink that takes frames without waiting (`NowaitSink`), full after `room` frames until
+    `wait_ready` is let go, or failing on a given frame."""
+
+    def __init__(self, room: int = 1000, fail_at: int | None = None) -> None:
+        self.stamps: list[float] = []
+        self.room = room
+        self.fail_at = fail_at
+        self.tasks: list[str] = []
+        self.ready = trio.Event()
+
+    def send_nowait(self, frame: AudioFrame) -> bool:
+        self.tasks.append(trio.lowlevel.current_task().name)
+        if self.fail_at is not None and len(self.stamps) == self.fail_at:
+            raise RuntimeError("the sink broke")
+        self.stamps.append(frame.timestamp)
+        return len(self.stamps) < self.room
+
+    async def wait_ready(self) -> None:
+        await self.ready.wait()
+        self.room = 1000
+
+
+async def test_mixing_on_the_clock_runs_in_the_clocks_task(autojump_clock: trio.testing.MockClock) -> None:
+    """With a sink that takes frames without waiting, the frames are mixed in the clock's task
+    at each tick; a full sink makes ticks underruns until it is ready; a failing one fails its
+    own mixer's task, not the clock or the other mixers on it."""
+    from trioagent.audio import TickClock
+
+    clock = TickClock()
+    full, broken, steady = NowaitRecorder(room=2), NowaitRecorder(fail_at=3), NowaitRecorder()
+    mixers = {name: Mixer(sample_rate=8000) for name in ("full", "broken", "steady")}
+    unused = trio.open_memory_channel[AudioFrame](0)[0]
+    failure: list[BaseException] = []
+
+    async def run_broken(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await mixers["broken"].run(unused, clock=clock, sink=broken, task_status=task_status)
+        except RuntimeError as exc:
+            failure.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        await nursery.start(lambda **kw: mixers["full"].run(unused, clock=clock, sink=full, **kw))
+        await nursery.start(run_broken)
+        await nursery.start(lambda **kw: mixers["steady"].run(unused, clock=clock, sink=steady, **kw))
+        await trio.sleep(0.15)
+        full.ready.set()  # room again at 0.15: the next tick (0.16) is mixed
+        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert steady.stamps == [approx(0.02 * k) for k in range(13)]  # every tick, 0.00 .. 0.24
+    assert set(steady.tasks) == {"trioagent.audio.mixer.TickClock.run"}  # mixed in the clock's own task
+    assert full.stamps == [approx(t) for t in (0.0, 0.02, 0.16, 0.18, 0.20, 0.22, 0.24)]
+    assert mixers["full"].statistics().underruns == 6  # the ticks 0.04 .. 0.14 had no room
+    assert broken.stamps == [approx(t) for t in (0.0, 0.02, 0.04)] and [str(e) for e in failure] == ["the sink broke"]
+
+
 async def test_tick_clock_phase(autojump_clock: trio.testing.MockClock) -> None:
     """A clock with phase 0.25 ticks 5 ms into each 20 ms period: a server spreads its sessions
     over a few such clocks."""
