@@ -32,7 +32,7 @@ async def main() -> None:
     pipeline = CascadingPipeline(stt=ScriptedSTT(["what time is it in tokyo"]), llm=llm, tts=ToneTTS())
     session = AgentSession(agent, pipeline, transport=transport)
     session.on("function_tools_executed", lambda e: print(f"{trio.current_time():5.2f} s  tool {e.calls[0].name} -> {e.outputs[0].output!r}"))
-    session.on("on_speech_out", lambda d: print(f"{trio.current_time():5.2f} s  agent says: {d['text']}"))
+    session.on("agent_speech_started", lambda e: print(f"{trio.current_time():5.2f} s  agent says: {e.text}"))
     async with session:
         print(f"{trio.current_time():5.2f} s  tools: {[t.name for t in agent.tools]}")
         await transport.send_user_audio(speech(1.0))

@@ -57,8 +57,8 @@ async def main() -> None:
     session = AgentSession(WeatherAgent(), pipeline, transport=transport)
     session.on("agent_state_changed", lambda d: line(f"agent -> {d['state']}"))
     session.on("user_state_changed", lambda d: line(f"user  -> {d['state']}"))
-    session.on("on_speech_in", lambda d: line(f"heard: {d['text']!r}"))
-    session.on("on_speech_out", lambda d: line(f"says:  {d['text']!r}"))
+    session.on("user_turn_ended", lambda e: line(f"heard: {e.text!r}"))
+    session.on("agent_speech_started", lambda e: line(f"says:  {e.text!r}"))
 
     def report(m: TurnMetrics) -> None:
         line(

@@ -13,7 +13,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tools", "metrics", "scheduler", "events"),
     ("providers", "transports", "utterance", "mcp", "agent", "flow"),
     ("pipeline", "session"),
-    ("server", "realtime_server", "observe", "workers", "auth", "cli", "demo", "testing", "web", "__init__", "__main__"),
+    ("server", "realtime_server", "observe", "recording", "workers", "auth", "cli", "demo", "testing", "web", "__init__", "__main__"),
 ]
 
 

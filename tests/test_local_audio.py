@@ -92,7 +92,7 @@ async def test_a_conversation_on_the_sound_card(autojump_clock: trio.testing.Moc
     pipeline = CascadingPipeline(stt=ScriptedSTT(["hello"]), llm=ScriptedLLM(["Hi there, nice to hear you."]), tts=ToneTTS())
     session = AgentSession(Agent(instructions="Test."), pipeline, transport=transport)
     heard: list[tuple[float, str]] = []
-    session.on("on_speech_in", lambda d: heard.append((trio.current_time(), d["text"])))
+    session.on("user_turn_ended", lambda e: heard.append((trio.current_time(), e.text)))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session.run)
         nursery.start_soon(card.play)

@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 from trioagent import Agent, AgentSession, ChatRole, FunctionCallOutput, ProviderError, RealTimePipeline, function_tool
 from trioagent.providers import OpenAIRealtime
 from trioagent.testing import MemoryTransport, ToolCall, silence, speech
+from trioagent.events import UserTurnEnded
 
 from .kit import about, all_tasks, at
 from .realtime_fake import FakeRealtime
@@ -40,8 +41,8 @@ def check_client_events(fake: FakeRealtime) -> None:
 async def test_a_spoken_question_gets_the_models_audio(autojump_clock: trio.testing.MockClock) -> None:
     fake = FakeRealtime(["Hello there friend."], transcripts=["hi"])
     session, transport = realtime_session(fake)
-    heard: list[dict[str, Any]] = []
-    session.on("on_speech_in", heard.append)
+    heard: list[UserTurnEnded] = []
+    session.on("user_turn_ended", heard.append)
     before = {id(t) for t in all_tasks()}
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
@@ -67,7 +68,7 @@ async def test_a_spoken_question_gets_the_models_audio(autojump_clock: trio.test
     assert fake.close_code == 1000
     messages = [(m.role, m.content) for m in session.agent.chat_context.messages]
     assert messages[1:] == [(ChatRole.USER, "hi"), (ChatRole.ASSISTANT, "Hello there friend.")]
-    assert [h["text"] for h in heard] == ["hi"] and heard[0]["start"] == at(0.0)
+    assert [h.text for h in heard] == ["hi"] and heard[0].start == at(0.0)
     m = session.metrics[0]
     assert m.user_text == "hi"
     assert m.user_speech_end == pytest.approx(1.0, abs=0.02) and m.end_of_turn_at == at(1.52)  # (the fake VAD works in chunks)

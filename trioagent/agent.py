@@ -176,10 +176,14 @@ class Agent:
         ``A``-``D``), in the session's nursery: it may speak or hand over. Nothing by default."""
 
     def on_speech_in(self, data: dict[str, Any]) -> None:
-        """Called with each final user transcript (``{"text": ..., ...}``)."""
+        """The input tap, as in the seed: called with ``{"frame": AudioFrame}`` for every frame
+        the session hears. Only an agent that overrides it is called (it runs in the input
+        loop: keep it short)."""
 
     def on_speech_out(self, data: dict[str, Any]) -> None:
-        """Called when the agent starts saying something (``{"text": ..., ...}``)."""
+        """The output tap, as in the seed: called with ``{"frame": AudioFrame}`` for every
+        frame the user is sent (the agent's voice over any background audio). Only an agent
+        that overrides it is called (it runs at each mixer tick: keep it short)."""
 
     async def cleanup(self) -> None:
         """Release the agent's resources; called last when the session closes."""

@@ -447,8 +447,8 @@ async def _console(args: argparse.Namespace, factory: Callable[[], Any], out: An
     agent, pipeline = await made if inspect.isawaitable(made) else made
     transport = LocalAudioTransport(input_device=_device(args.input_device), output_device=_device(args.output_device))
     session = AgentSession(agent, pipeline, transport=transport)
-    session.on("on_speech_in", lambda d: print(f"you   : {d['text']}", file=out, flush=True))
-    session.on("on_speech_out", lambda d: print(f"agent : {d['text']}", file=out, flush=True))
+    session.on("user_turn_ended", lambda e: print(f"you   : {e.text}", file=out, flush=True))
+    session.on("agent_speech_started", lambda e: print(f"agent : {e.text}", file=out, flush=True))
     print("trioagent: listening (Ctrl-C to stop)", file=out, flush=True)
     stopped_by: list[int] = []
     async with trio.open_nursery() as nursery:

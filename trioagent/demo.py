@@ -197,7 +197,7 @@ async def run_demo(
 
         session.on("metrics_collected", on_metrics)
         session.on("error", on_error)
-        session.on("on_speech_out", lambda d: console.line(f"agent : {d['text']}") if d["text"] == GREETING else None)
+        session.on("agent_speech_started", lambda e: console.line(f"agent : {e.text}") if e.text == GREETING else None)
         async with trio.open_nursery() as nursery:
 
             async def report() -> None:

@@ -23,6 +23,8 @@ __all__ = [
     "ConversationItemAdded",
     "FunctionToolsExecuted",
     "SpeechCreated",
+    "UserTurnEnded",
+    "AgentSpeechStarted",
     "CloseEvent",
     "ErrorEvent",
 ]
@@ -61,6 +63,27 @@ class SpeechCreated:
 
     handle: UtteranceHandle
     source: SpeechSource
+
+
+@attrs.frozen
+class UserTurnEnded:
+    """`user_turn_ended`: the user's turn as it is taken (typed or spoken): its whole text and
+    when the speech began and ended (session time; None for a typed turn's start). A
+    speech-to-speech model's transcript may come after its answer has begun: then it is emitted
+    when it comes."""
+
+    text: str
+    start: float | None
+    end: float | None
+
+
+@attrs.frozen
+class AgentSpeechStarted:
+    """`agent_speech_started`: an utterance's first audio is heard; `text` is what is known of
+    it then (a streamed reply's first words, a `say()`'s whole text)."""
+
+    text: str
+    handle: UtteranceHandle
 
 
 @attrs.frozen

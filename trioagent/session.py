@@ -34,7 +34,7 @@ from .audio.mixer import Mixer, TickClock
 from .audio.player import BackgroundAudioHandlerConfig, BackgroundAudioPlayer, load_clip
 from .chat import ChatItem, ChatMessage, ChatRole, FunctionCall, FunctionCallOutput
 from .errors import ProviderError, SessionClosed, TransportError, sole_error
-from .events import CloseEvent, ConversationItemAdded, ErrorEvent, EventEmitter, SpeechCreated, UserInputTranscribed
+from .events import AgentSpeechStarted, CloseEvent, ConversationItemAdded, ErrorEvent, EventEmitter, SpeechCreated, UserInputTranscribed, UserTurnEnded
 from . import tracing
 from .flow import ConversationFlow
 from .mcp import MCPServerError
@@ -82,8 +82,13 @@ class AgentSession(EventEmitter):
         speech_created: `SpeechCreated`, an utterance entered the queue.
         error: `ErrorEvent`, a reply failed (the session goes on) or the session failed.
         metrics_collected: `TurnMetrics` of each reply.
-        on_speech_in: ``{"text", "start", "end"}`` of each user turn; on_speech_out:
-            ``{"text", "utterance_id"}`` when an utterance starts to be heard.
+        user_turn_ended: `UserTurnEnded`, the text of each user turn as it is taken.
+        agent_speech_started: `AgentSpeechStarted`, an utterance starts to be heard.
+        on_speech_in: ``{"frame": AudioFrame}``, every input frame as the pipeline hears it
+            (the transport's rate); on_speech_out: ``{"frame": AudioFrame}``, every output
+            frame as the mixer hands it to the transport (the agent's voice over any background
+            audio: what the user hears). Audio taps, as in the seed, for recording, avatars or
+            analytics (`trioagent.recording.record`); free when nobody listens.
         provider_switched: `ProviderSwitched` (a fallback moved a stage to another provider).
         close: `CloseEvent`, once.
     """
@@ -94,6 +99,8 @@ class AgentSession(EventEmitter):
             "agent_state_changed",
             "on_speech_in",
             "on_speech_out",
+            "user_turn_ended",
+            "agent_speech_started",
             "metrics_collected",
             "user_input_transcribed",
             "conversation_item_added",
@@ -162,6 +169,9 @@ class AgentSession(EventEmitter):
             on_item=lambda item: me._item_added(item),
         )
         self._host = _Host(me)
+        # The taps reach the session through the proxy too (the mixer must not hold it).
+        self._tap_in: Callable[[AudioFrame], None] = lambda frame: me.emit("on_speech_in", {"frame": frame})
+        self._tap_out: Callable[[AudioFrame], None] = lambda frame: me.emit("on_speech_out", {"frame": frame})
         self._agent_state = AgentState.IDLE  # (as in the seed, until started)
         self._user_state = UserState.IDLE
         self._starting = True
@@ -399,12 +409,32 @@ class AgentSession(EventEmitter):
         return self._nursery
 
     def _hook_agent(self, agent: Agent) -> None:
-        self.on("on_speech_in", agent.on_speech_in)
-        self.on("on_speech_out", agent.on_speech_out)
+        # Only an agent that overrides a tap listens to it: an idle tap costs nothing.
+        for name in ("on_speech_in", "on_speech_out"):
+            if getattr(type(agent), name) is not getattr(Agent, name):
+                self.on(name, getattr(agent, name))
 
     def _unhook_agent(self, agent: Agent) -> None:
         self.off("on_speech_in", agent.on_speech_in)
         self.off("on_speech_out", agent.on_speech_out)
+
+    # -- audio taps ---------------------------------------------------------------------------
+    def on(self, name: str, callback: Callable[[Any], Any] | None = None) -> Any:
+        registered = super().on(name, callback)
+        self._retap()
+        return registered
+
+    def off(self, name: str, callback: Callable[[Any], Any]) -> None:
+        super().off(name, callback)
+        self._retap()
+
+    def _retap(self) -> None:
+        """Turn the audio taps on while someone listens to them, off when nobody does."""
+        if not hasattr(self, "_host"):
+            return  # (still in __init__)
+        handlers = self._handlers
+        self.mixer.tap = self._tap_out if handlers.get("on_speech_out") else None
+        self._host.speech_in = self._tap_in if handlers.get("on_speech_in") else None
 
     async def _pump_output(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # The pump sends straight to the transport: no extra task or channel hop per tick.
@@ -498,6 +528,7 @@ class AgentSession(EventEmitter):
         """The session is over: let go of what could point back at it (the callbacks users
         registered, the tracebacks of a failure), so it is freed as soon as nobody holds it."""
         self._handlers.clear()  # no more events; a callback may well hold the session
+        self._retap()
         self.pipeline.attach(None)
         if self.failure is not None:
             _drop_tracebacks(self.failure)  # (logged already) its frames hold this session's tasks
@@ -632,7 +663,7 @@ class AgentSession(EventEmitter):
         if self._close_started:
             return None
         if turn.text:  # (a speech-to-speech pipeline's transcript may come later: it emits then)
-            self.emit("on_speech_in", {"text": turn.text, "start": turn.metrics.user_speech_start, "end": turn.metrics.user_speech_end})
+            self._turn_ended(turn)
         if not self.answer_turns:
             self._keep_unanswered(turn)
             return None
@@ -646,6 +677,9 @@ class AgentSession(EventEmitter):
         handle = UtteranceHandle(source=SpeechSource.USER_TURN, interruptible=self.pipeline.allow_interruptions)
         self._submit(Utterance(handle, self._outlet, user_turn=turn))
         return handle
+
+    def _turn_ended(self, turn: UserTurn) -> None:
+        self.emit("user_turn_ended", UserTurnEnded(turn.text, turn.metrics.user_speech_start, turn.metrics.user_speech_end))
 
     def _keep_unanswered(self, turn: UserTurn) -> None:
         """Put a user turn into the chat context without answering it (once)."""
@@ -750,7 +784,7 @@ class AgentSession(EventEmitter):
 
     def _on_first_audio(self, utterance: Utterance) -> None:
         self._stop_thinking_audio_nowait()  # fades out as the voice starts
-        self.emit("on_speech_out", {"text": utterance.handle.text, "utterance_id": utterance.handle.id})
+        self.emit("agent_speech_started", AgentSpeechStarted(utterance.handle.text, utterance.handle))
 
     def _on_interrupted(self, utterance: Utterance, audible: bool) -> None:
         if audible:
@@ -942,6 +976,8 @@ class _Host:
     """The session as its pipeline sees it (`PipelineHost`): nothing else of the session."""
 
     _session: AgentSession
+    speech_in: Callable[[AudioFrame], None] | None = None
+    """The input tap (``on_speech_in``), None while nobody listens."""
 
     @property
     def agent(self) -> Agent:

@@ -308,6 +308,8 @@ class Mixer:
     _fade_step: float = attrs.field(init=False)
     _acc: Float32Array = attrs.field(init=False)
     _duck: float = attrs.field(init=False)
+    tap: Callable[[AudioFrame], None] | None = attrs.field(init=False, default=None)
+    """Called with each mixed frame as it is made (the session's ``on_speech_out``); None: nothing."""
 
     def __attrs_post_init__(self) -> None:
         if self.sample_rate <= 0:
@@ -434,7 +436,10 @@ class Mixer:
         np.multiply(acc, 32768.0, out=acc)
         np.clip(acc, -32768.0, 32767.0, out=acc)  # saturate: no wrap-around
         np.rint(acc, out=acc)
-        return AudioFrame._trusted(acc.astype(np.int16), self.sample_rate, 1, now)
+        frame = AudioFrame._trusted(acc.astype(np.int16), self.sample_rate, 1, now)
+        if self.tap is not None:
+            self.tap(frame)
+        return frame
 
     # -- the pump ---------------------------------------------------------------------------
     async def run(

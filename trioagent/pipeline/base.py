@@ -11,12 +11,14 @@ cancel scope, so interrupting it cancels the pipeline's LLM, tools, TTS and play
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
 if TYPE_CHECKING:
     from ..agent import Agent
+    from ..audio.frame import AudioFrame
     from ..flow import ConversationFlow
     from ..scheduler import UserSpeechEffect, UtteranceState
     from ..transports.base import Transport
@@ -55,6 +57,10 @@ class PipelineHost(Protocol):
         ...
 
     # -- listening ---------------------------------------------------------------------------
+    speech_in: Callable[[AudioFrame], None] | None
+    """Call it with each input frame as it is heard (the ``on_speech_in`` tap); None while
+    nobody listens, so a pipeline reads it per frame and skips it at no cost."""
+
     def user_started_speaking(self, time: float) -> UserSpeechEffect:
         """The user's speech began at session time `time`. Returns what it does to the agent's
         current utterance: nothing (none, or not interruptible), held (not heard yet: its audio

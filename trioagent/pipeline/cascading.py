@@ -215,6 +215,8 @@ class CascadingPipeline:
                 if frame.sample_rate != rate:
                     _log.error("dropped a %d Hz input frame: the transport said %d Hz", frame.sample_rate, rate)
                     continue
+                if (tap := self.host.speech_in) is not None:
+                    tap(frame)
                 frame = frame.to_mono()
                 stt_frame = to_stt.process(frame)
                 vad_frame = stt_frame if to_vad is to_stt else to_vad.process(frame)

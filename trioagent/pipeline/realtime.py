@@ -37,6 +37,7 @@ from ..audio.frame import AudioFrame
 from ..audio.resample import StreamResampler
 from ..chat import ChatMessage, ChatRole
 from ..errors import ProtocolError, ProviderError, ProviderTimeout
+from ..events import UserTurnEnded
 from ..metrics import TurnMetrics
 from ..providers.base import VAD, ToolCall
 from ..providers.openai_realtime import OpenAIRealtime
@@ -195,6 +196,8 @@ class RealTimePipeline:
                 continue
             if self._origin is None:
                 self._origin = frame.timestamp
+            if (tap := self.host.speech_in) is not None:
+                tap(frame)
             frame = frame.to_mono()
             out = to_model.process(frame)
             try:
@@ -266,7 +269,7 @@ class RealTimePipeline:
                 pending.text = f"{pending.text} {event.transcript.strip()}".strip()
                 pending.metrics = attrs.evolve(pending.metrics, user_text=pending.text, stt_final_at=trio.current_time())
                 metrics = pending.metrics
-                host.emit("on_speech_in", {"text": pending.text, "start": metrics.user_speech_start, "end": metrics.user_speech_end})
+                host.emit("user_turn_ended", UserTurnEnded(pending.text, metrics.user_speech_start, metrics.user_speech_end))
                 replying = self._replying
                 if replying is not None and replying.user_turn is pending:
                     replying.commit_user_text(pending.text)  # (before the answer: that goes in when heard)

@@ -26,6 +26,7 @@ from .._proto.twilio import TwilioDtmf, TwilioMark, TwilioMedia, TwilioProtocol,
 from ..audio.frame import FRAME_DURATION, AudioFrame
 from ..chat import ChatMessage, ChatRole
 from ..errors import CloseCode, ProtocolError
+from ..events import AgentSpeechStarted
 from ._wire import ConnectionClosed, ServerWebSocket
 
 if TYPE_CHECKING:
@@ -257,8 +258,8 @@ class BrowserTransport(_WebSocketTransport):
         self._session = weakref.ref(session)
         session.on("agent_state_changed", lambda d: self.send_control(bp.message("agent_state", state=d["state"])))
         session.on("user_state_changed", lambda d: self.send_control(bp.message("user_state", state=d["state"])))
-        session.on("on_speech_in", lambda d: self.send_control(bp.message("transcript", text=d["text"], final=True)))
-        session.on("on_speech_out", lambda d: self.send_control(bp.message("agent_text", text=d["text"])))
+        session.on("user_turn_ended", lambda e: self.send_control(bp.message("transcript", text=e.text, final=True)))
+        session.on("agent_speech_started", lambda e: self.send_control(bp.message("agent_text", text=e.text)))
         session.on("metrics_collected", lambda m: self.send_control(bp.message("metrics", **m.as_dict())))
         session.on("error", lambda e: self.send_control(bp.message("error", stage=e.stage, reason=e.reason, fatal=e.fatal)))
 
@@ -399,7 +400,7 @@ class RealtimeTransport(_WebSocketTransport):
         session.on("user_state_changed", self._on_user_state)
         session.on("agent_state_changed", self._on_agent_state)
         session.on("conversation_item_added", self._on_item)
-        session.on("on_speech_out", self._on_speech_out)
+        session.on("agent_speech_started", self._on_speech_out)
         session.on("error", lambda e: self._emit(self.events.error("server_error", e.stage or "agent", e.reason)))
 
     def _on_user_state(self, data: dict[str, Any]) -> None:
@@ -419,13 +420,13 @@ class RealtimeTransport(_WebSocketTransport):
         self._emit(self.events.committed(item_id))
         self._emit(self.events.input_transcript(item_id, item.content))
 
-    def _on_speech_out(self, data: dict[str, Any]) -> None:
+    def _on_speech_out(self, event: AgentSpeechStarted) -> None:
         self._finish_response()
-        response_id, item_id = f"resp_{data['utterance_id']}", f"item_{data['utterance_id']}"
+        response_id, item_id = f"resp_{event.handle.id}", f"item_{event.handle.id}"
         self._response, self._cut = (response_id, item_id), False
         self._emit(self.events.response_created(response_id))
-        if data.get("text"):
-            self._emit(self.events.transcript_delta(response_id, item_id, data["text"]))
+        if event.text:
+            self._emit(self.events.transcript_delta(response_id, item_id, event.text))
 
     def _on_agent_state(self, data: dict[str, Any]) -> None:
         if data["state"] != "speaking":
