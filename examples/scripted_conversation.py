@@ -54,7 +54,8 @@ async def main() -> None:
         llm=llm,
         tts=ToneTTS(ttfb=0.08),
     )
-    session = AgentSession(WeatherAgent(), pipeline, transport=transport)
+    agent = WeatherAgent()
+    session = AgentSession(agent, pipeline, transport=transport)
     session.on("agent_state_changed", lambda d: line(f"agent -> {d['state']}"))
     session.on("user_state_changed", lambda d: line(f"user  -> {d['state']}"))
     session.on("user_turn_ended", lambda e: line(f"heard: {e.text!r}"))
@@ -83,7 +84,7 @@ async def main() -> None:
     for start, end in transport.voice_segments():
         print(f"  {start:6.2f}s .. {end:6.2f}s")
     print("\nchat context:")
-    for item in session.agent.chat_context.items:
+    for item in agent.chat_context.items:  # (the session let go of its agent when it closed)
         print(f"  {item}")
 
 

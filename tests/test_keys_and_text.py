@@ -100,6 +100,7 @@ async def test_a_typed_turn_is_answered_like_a_spoken_one(autojump_clock: trio.t
     from trioagent import ChatRole
 
     session, transport, llm, tts = make_session(script=["A long answer that goes on and on and on.", "Paris."])
+    agent = session.agent  # (the session lets go of it when it closes)
     async with session:
         await session.say("Welcome to the help line, how can I help you today?")
         await trio.sleep(0.5)
@@ -109,7 +110,7 @@ async def test_a_typed_turn_is_answered_like_a_spoken_one(autojump_clock: trio.t
         with pytest.raises(ValueError, match="needs some text"):
             await session.send_text("   ")
     assert tts.texts[0] == "Welcome to the help line, how can I help you today?"
-    assert [(m.role, m.content) for m in session.agent.chat_context.messages][1:3] == [
+    assert [(m.role, m.content) for m in agent.chat_context.messages][1:3] == [
         (ChatRole.ASSISTANT, "Welcome to"),  # (cut by the typed turn at 0.5 s: the two words heard)
         (ChatRole.USER, "what is the capital of France?"),
     ]

@@ -44,6 +44,7 @@ async def test_reply_timeline_and_metrics(autojump_clock: trio.testing.MockClock
 
 async def test_short_backchannel_does_not_interrupt(autojump_clock: trio.testing.MockClock) -> None:
     session, transport, llm, _ = make_session(transcripts=["mm-hmm"])
+    agent = session.agent  # (the session lets go of it when it closes)
     async with session:
         handle = await session.say(LONG)
         await trio.sleep_until(1.0)
@@ -55,7 +56,7 @@ async def test_short_backchannel_does_not_interrupt(autojump_clock: trio.testing
     assert transport.voice_segments() == [(about(0.0), about(10.0))]
     assert llm.calls == []  # no turn was taken
     # but what the user said is kept, unanswered (it ended its turn while the agent spoke on)
-    assert [(m.role, m.content) for m in session.agent.chat_context.messages[1:]] == [
+    assert [(m.role, m.content) for m in agent.chat_context.messages[1:]] == [
         (ChatRole.ASSISTANT, LONG),
         (ChatRole.USER, "mm-hmm"),
     ]
@@ -63,6 +64,7 @@ async def test_short_backchannel_does_not_interrupt(autojump_clock: trio.testing
 
 async def test_barge_in_silences_the_voice(autojump_clock: trio.testing.MockClock) -> None:
     session, transport, llm, _ = make_session(transcripts=["stop please"], script=["Okay."])
+    agent = session.agent  # (the session lets go of it when it closes)
     async with session:
         handle = await session.say(LONG)
         await trio.sleep_until(1.0)
@@ -74,7 +76,7 @@ async def test_barge_in_silences_the_voice(autojump_clock: trio.testing.MockCloc
     assert 1.5 < first[1] <= 1.5 + TICK + FADE
     assert transport.clears == [at(1.5)]
     assert second == (about(2.5), about(2.75))  # the answer, after 2.0 + 0.5 endpointing
-    said = session.agent.chat_context.messages[1]
+    said = agent.chat_context.messages[1]
     # Only what was played stays in the context: 1.5 s of 10 s is 6 of 40 words.
     assert (said.content, said.interrupted) == (" ".join(["word"] * 6), True)
     assert llm.calls[0].messages[-1].content == "stop please"
@@ -118,6 +120,7 @@ async def test_min_interruption_words(autojump_clock: trio.testing.MockClock) ->
 
 async def test_stale_reply_never_plays_over_the_user(autojump_clock: trio.testing.MockClock) -> None:
     session, transport, llm, tts = make_session(transcripts=["first part", "second part"], script=["Stale answer.", "Fresh answer."], ttft=0.3)
+    agent = session.agent  # (the session lets go of it when it closes)
     async with session:
         await transport.send_user_audio(speech(1.0))  # end of turn at 1.5, LLM answers at 1.8
         await transport.send_user_audio(silence(0.6))
@@ -127,7 +130,7 @@ async def test_stale_reply_never_plays_over_the_user(autojump_clock: trio.testin
     assert transport.voice_segments() == [(about(3.4), about(3.9))]
     # The unanswered question and the new words are one turn: one user message, one answer.
     assert [m.content for m in llm.calls[1].messages if m.role is ChatRole.USER] == ["first part second part"]
-    assert [m.content for m in session.agent.chat_context.messages if m.role is ChatRole.ASSISTANT] == ["Fresh answer."]
+    assert [m.content for m in agent.chat_context.messages if m.role is ChatRole.ASSISTANT] == ["Fresh answer."]
 
 
 class WeatherAgent(Agent):
@@ -195,6 +198,7 @@ async def test_provider_error_ends_only_that_turn(autojump_clock: trio.testing.M
 
     session, transport, _, _ = make_session(transcripts=["one", "two"])
     session.pipeline.llm = FlakyLLM()  # type: ignore[attr-defined]
+    agent = session.agent  # (the session lets go of it when it closes)
     async with session:
         await transport.send_user_audio(speech(1.0))
         await transport.send_user_audio(silence(1.0))
@@ -202,7 +206,7 @@ async def test_provider_error_ends_only_that_turn(autojump_clock: trio.testing.M
         await transport.send_user_audio(speech(1.0))
         await transport.send_user_audio(silence(2.0))
     assert "upstream 500" in caplog.text
-    assert [m.content for m in session.agent.chat_context.messages if m.role is ChatRole.ASSISTANT] == ["Second try works."]
+    assert [m.content for m in agent.chat_context.messages if m.role is ChatRole.ASSISTANT] == ["Second try works."]
 
 
 class Recorder(ConversationFlow):
@@ -267,11 +271,12 @@ async def test_tool_returning_an_agent_hands_over(autojump_clock: trio.testing.M
     async with session:
         await transport.send_user_audio(speech(1.0))
         await transport.send_user_audio(silence(2.0))
-        assert isinstance(session.agent, Sales) and session.agent.session is session
+        sales = session.agent
+        assert isinstance(sales, Sales) and sales.session is session
         assert log == ["receptionist exit", "sales enter"]
-    assert tts.texts == ["Sales here"]
+    assert tts.texts == ["Sales here"] and session.agent is None  # (let go at close, as in the seed)
     # The new agent knows the conversation so far, under its own instructions.
-    contents = [getattr(i, "content", None) for i in session.agent.chat_context.items]
+    contents = [getattr(i, "content", None) for i in sales.chat_context.items]
     assert contents[0] == "Sell." and "sales please" in contents and "Route calls." not in contents
 
 

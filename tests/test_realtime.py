@@ -46,6 +46,7 @@ async def test_a_spoken_question_gets_the_models_audio(autojump_clock: trio.test
     before = {id(t) for t in all_tasks()}
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
+        agent = session.agent  # (the session lets go of it when it closes)
         async with session:
             await transport.send_user_audio(speech(1.0))
             await transport.send_user_audio(silence(2.0))
@@ -66,7 +67,7 @@ async def test_a_spoken_question_gets_the_models_audio(autojump_clock: trio.test
     (start, end), = transport.voice_segments()
     assert start == about(1.52) and end == about(2.27)  # three words: 0.75 s
     assert fake.close_code == 1000
-    messages = [(m.role, m.content) for m in session.agent.chat_context.messages]
+    messages = [(m.role, m.content) for m in agent.chat_context.messages]
     assert messages[1:] == [(ChatRole.USER, "hi"), (ChatRole.ASSISTANT, "Hello there friend.")]
     assert [h.text for h in heard] == ["hi"] and heard[0].start == at(0.0)
     m = session.metrics[0]
@@ -84,6 +85,7 @@ async def test_a_barge_in_cancels_the_response_and_truncates_at_what_was_heard(a
     session, transport = realtime_session(fake)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
+        agent = session.agent  # (the session lets go of it when it closes)
         async with session:
             await transport.send_user_audio(speech(1.0))
             await transport.send_user_audio(silence(1.5))  # the story plays from 1.52
@@ -101,7 +103,7 @@ async def test_a_barge_in_cancels_the_response_and_truncates_at_what_was_heard(a
     assert truncate["audio_end_ms"] == 1000
     assert e1 == about(2.53)  # the voice's 10 ms fade
     # The story is in the chat context as far as it was heard, then the new turn's answer.
-    assistant = [m for m in session.agent.chat_context.messages if m.role is ChatRole.ASSISTANT]
+    assistant = [m for m in agent.chat_context.messages if m.role is ChatRole.ASSISTANT]
     assert assistant[0].interrupted and 0 < len(assistant[0].content.split()) < 20
     assert assistant[1].content == "Yes?"
     check_client_events(fake)
@@ -123,6 +125,7 @@ async def test_a_function_call_runs_the_tool_and_its_output_goes_back(autojump_c
     session, transport = realtime_session(fake, Weather())
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
+        agent = session.agent  # (the session lets go of it when it closes)
         async with session:
             await transport.send_user_audio(speech(1.0))
             await transport.send_user_audio(silence(3.0))
@@ -132,7 +135,7 @@ async def test_a_function_call_runs_the_tool_and_its_output_goes_back(autojump_c
     assert output["item"] == {"type": "function_call_output", "call_id": "call_1", "output": '{"city": "Paris", "sky": "sunny"}'}
     assert fake.times("response.create") == [at(1.52), at(2.02)]  # again once the tool (0.5 s) answered
     assert transport.voice_segments()[0][0] == about(2.02)
-    outputs = [i for i in session.agent.chat_context.items if isinstance(i, FunctionCallOutput)]
+    outputs = [i for i in agent.chat_context.items if isinstance(i, FunctionCallOutput)]
     assert [(o.name, o.call_id) for o in outputs] == [("get_weather", "call_1")]
     assert session.metrics[0].tool_calls == 1
     check_client_events(fake)
@@ -208,12 +211,13 @@ async def test_the_realtime_pipeline_talks_to_trioagents_own_realtime_server(aut
         model = OpenAIRealtime(base_url="http://localhost/v1", api_key=mint_token(SECRET), open_stream=recording_stream)
         transport = MemoryTransport(input_sample_rate=16000, output_sample_rate=24000)
         session = AgentSession(Agent("The client side."), RealTimePipeline(model=model), transport=transport)
+        agent = session.agent  # (the session lets go of it when it closes)
         async with session:
             await transport.send_user_audio(speech(1.0))
             await transport.send_user_audio(silence(3.0))
         assert server.sessions_started == 1
         nursery.cancel_scope.cancel()
-    messages = [(m.role, m.content) for m in session.agent.chat_context.messages]
+    messages = [(m.role, m.content) for m in agent.chat_context.messages]
     assert messages[1:] == [(ChatRole.USER, "hello agent"), (ChatRole.ASSISTANT, "Hi there. How can I help?")]
     (start, end), = transport.voice_segments()
     assert end - start == pytest.approx(1.5, abs=0.05)  # ToneTTS: six words, 0.25 s each
@@ -266,6 +270,7 @@ async def test_the_sessions_own_vad_can_decide_the_turns(autojump_clock: trio.te
     session = AgentSession(Agent("Test."), RealTimePipeline(model=model), transport=transport)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
+        agent = session.agent  # (the session lets go of it when it closes)
         async with session:
             await transport.send_user_audio(speech(1.0))
             await transport.send_user_audio(silence(2.0))
@@ -273,7 +278,7 @@ async def test_the_sessions_own_vad_can_decide_the_turns(autojump_clock: trio.te
     # The EnergyVAD ends the speech at 1.0; 0.5 s later the pipeline commits, and asks for the answer.
     assert fake.times("input_audio_buffer.commit") == [pytest.approx(1.5, abs=0.021)]
     assert fake.times("response.create") == fake.times("input_audio_buffer.commit")
-    assert [m.content for m in session.agent.chat_context.messages][1:] == ["hi", "Hello there friend."]
+    assert [m.content for m in agent.chat_context.messages][1:] == ["hi", "Hello there friend."]
     check_client_events(fake)
 
 

@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from trioagent import ProviderError
+from trioagent import ProviderError, SessionClosed
 from trioagent.testing import ToolCall, silence, speech
 
 from .kit import make_session
@@ -62,6 +62,25 @@ async def converse(fail: bool) -> dict[str, weakref.ref[Any]]:
             await transport.send_user_audio(speech(0.5) + silence(1.0))
     assert handle.done() and (session.failure is not None) == fail
     return refs
+
+
+async def test_a_closed_session_lets_go_of_its_agent_and_pipeline(autojump_clock: trio.testing.MockClock) -> None:
+    """As in the seed: after close, `agent`, `pipeline` and `conversation_flow` are None, so a
+    caller that keeps the session (for its metrics, say) does not keep them alive; a `close`
+    callback still sees them."""
+    with no_collector():
+        session, transport, _, _ = make_session(WeatherAgent(), transcripts=["hello"], script=["Hi."])
+        refs = [weakref.ref(session.agent), weakref.ref(session.pipeline)]
+        seen: list[Any] = []
+        session.on("close", lambda e: seen.append(session.agent))
+        async with session:
+            await transport.send_user_audio(speech(0.5) + silence(1.5))
+        assert seen[0] is refs[0]()  # (the close event comes before the release)
+        seen.clear()
+        assert session.agent is None and session.pipeline is None and session.conversation_flow is None
+        assert [r() for r in refs] == [None, None] and len(session.metrics) == 1  # freed; the metrics stay
+        with pytest.raises(SessionClosed):
+            await session.say("anyone?")
 
 
 @pytest.mark.parametrize("fail", [False, True])

@@ -101,6 +101,7 @@ async def test_states_are_lower_case_strings() -> None:
 
 async def test_say_over_say_interrupts_the_first(autojump_clock: trio.testing.MockClock) -> None:
     session, transport, _, tts = make_session()
+    agent = session.agent  # (the session lets go of it when it closes)
     async with session:
         first = await session.say("one two three four five six seven eight")  # 2 s
         await trio.sleep(0.5)
@@ -114,7 +115,7 @@ async def test_say_over_say_interrupts_the_first(autojump_clock: trio.testing.Mo
     assert len(segments) == 1 and segments[0][0] == about(0.0) and segments[0][1] == about(1.0)
     frame = next(f for f in transport.output if abs(f.timestamp - 0.5) < 1e-9)
     assert tts.texts == ["one two three four five six seven eight", "nine ten"]
-    msgs = [m for m in session.agent.chat_context.messages if m.role is ChatRole.ASSISTANT]
+    msgs = [m for m in agent.chat_context.messages if m.role is ChatRole.ASSISTANT]
     # The interrupted say keeps only what was played: 0.5 s of 2 s = 2 of 8 words.
     assert [(m.content, m.interrupted) for m in msgs] == [("one two", True), ("nine ten", False)]
     assert frame.samples.any()
@@ -137,6 +138,7 @@ async def test_interrupt_silences_within_one_tick_plus_fade(autojump_clock: trio
 
 async def test_reply_semantics(autojump_clock: trio.testing.MockClock) -> None:
     session, transport, llm, _ = make_session(script=["Sure thing.", "Unused."], ttft=0.2)
+    agent = session.agent  # (the session lets go of it when it closes)
     async with session:
         assert (await session.reply("")).done()
         first_task: list[UtteranceHandle] = []
@@ -155,7 +157,7 @@ async def test_reply_semantics(autojump_clock: trio.testing.MockClock) -> None:
     assert len(llm.calls) == 1
     # The instructions were given to the LLM as a system message, not stored in the agent's context.
     assert llm.calls[0].messages[-1].content == "Offer help"
-    assert [m.content for m in session.agent.chat_context.messages] == ["You are a test.", "Sure thing."]
+    assert [m.content for m in agent.chat_context.messages] == ["You are a test.", "Sure thing."]
 
 
 async def test_close_during_reply(autojump_clock: trio.testing.MockClock) -> None:

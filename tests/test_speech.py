@@ -158,6 +158,7 @@ async def test_uninterruptible_speech_plays_to_its_end_and_the_user_is_answered_
     session, transport, llm, _ = make_session(
         transcripts=["what about tomorrow"], script=["Tomorrow is sunny."], ttft=0.51, pipeline_options={"allow_interruptions": False}
     )
+    agent = session.agent  # (the session lets go of it when it closes)
     async with session:
         handle = await session.say(LONG)
         assert not handle.interruptible
@@ -170,7 +171,7 @@ async def test_uninterruptible_speech_plays_to_its_end_and_the_user_is_answered_
     assert transport.voice_segments() == [(about(0.0), about(10.0)), (about(10.52), about(11.27))]
     assert transport.clears == []
     assert llm.calls[0].messages[-1].content == "what about tomorrow"
-    assert assistant_texts(session.agent) == [LONG, "Tomorrow is sunny."]
+    assert assistant_texts(agent) == [LONG, "Tomorrow is sunny."]
 
 
 async def test_say_and_reply_queue_behind_an_uninterruptible_utterance(autojump_clock: trio.testing.MockClock) -> None:
@@ -199,6 +200,7 @@ async def test_say_and_reply_queue_behind_an_uninterruptible_utterance(autojump_
 
 async def test_noise_while_thinking_holds_the_reply_and_it_resumes(autojump_clock: trio.testing.MockClock) -> None:
     session, transport, llm, _ = make_session(transcripts=["what time is it", ""], script=["It is noon."], ttft=1.0)
+    agent = session.agent  # (the session lets go of it when it closes)
     async with session:
         await transport.send_user_audio(speech(1.0))  # the question: end of turn at 1.5
         await transport.send_user_audio(silence(0.7))
@@ -207,7 +209,7 @@ async def test_noise_while_thinking_holds_the_reply_and_it_resumes(autojump_cloc
     # The reply's audio (ready at 2.5) is held from 1.7; no words came: it plays at 1.7 + 2.0.
     assert transport.voice_segments() == [(about(3.7), about(4.45))]
     assert len(llm.calls) == 1
-    assert assistant_texts(session.agent) == ["It is noon."]
+    assert assistant_texts(agent) == ["It is noon."]
     assert session.metrics[0].first_audio_at == at(3.7) and not session.metrics[0].interrupted
 
 
@@ -415,6 +417,7 @@ async def test_provider_failures_and_timeouts_are_error_events(autojump_clock: t
     session.pipeline.tts = BrokenTTS()  # type: ignore[attr-defined]
     errors: list[tuple[float, ErrorEvent]] = []
     session.on("error", lambda e: errors.append((trio.current_time(), e)))
+    agent = session.agent  # (the session lets go of it when it closes)
     async with session:
         await transport.send_user_audio(speech(1.0) + silence(5.0))  # the LLM hangs: fails at 1.5 + 4
         await transport.send_user_audio(speech(1.0) + silence(3.0))  # the TTS raises on the 2nd sentence
@@ -423,4 +426,4 @@ async def test_provider_failures_and_timeouts_are_error_events(autojump_clock: t
     assert t1 == at(5.5) and (e1.stage, e1.fatal, e1.reason) == ("llm", False, "the language model (ScriptedLLM) timed out")
     assert (e2.stage, e2.reason) == ("tts", "speech synthesis (BrokenTTS) failed")
     assert isinstance(e2.error, ProviderError) and isinstance(e2.error.__cause__, ValueError)
-    assert [m.content for m in session.agent.chat_context.messages if m.role is ChatRole.ASSISTANT][-1] == "Works."
+    assert [m.content for m in agent.chat_context.messages if m.role is ChatRole.ASSISTANT][-1] == "Works."

@@ -101,6 +101,7 @@ def test_speech_invariants(
         finals: list[str] = []
         session.on("speech_created", lambda e: handles.append(e.handle) if isinstance(e, SpeechCreated) else None)
         session.on("user_input_transcribed", lambda e: finals.append(e.transcript) if isinstance(e, UserInputTranscribed) and e.is_final else None)
+        agent = session.agent  # (the session lets go of it when it closes)
         async with session:
             for op in ops:
                 kind = op[0]
@@ -119,7 +120,7 @@ def test_speech_invariants(
         assert transport.overlaps == [], f"two voices at {transport.overlaps[:5]}"
         undone = [h for h in handles if not h.done()]
         assert undone == [], f"not done after close: {undone}"
-        said = [m.content for m in session.agent.chat_context.messages if m.role is ChatRole.USER]
+        said = [m.content for m in agent.chat_context.messages if m.role is ChatRole.USER]
         lost = [f for f in finals if not any(f in s for s in said)]
         assert lost == [], f"final transcripts neither answered nor in the chat: {lost} (chat: {said})"
 

@@ -130,8 +130,10 @@ class AgentSession(EventEmitter):
         super().__init__()
         if wake_up is not None and wake_up <= 0:
             raise ValueError(f"wake_up must be positive seconds, got {wake_up!r}")
-        self.agent = agent
-        self.pipeline = pipeline
+        self.agent: Agent | None = agent
+        """The agent in charge (it changes on a hand-over); None once the session has closed."""
+        self.pipeline: Pipeline | None = pipeline
+        """None once the session has closed (as in the seed: nothing here keeps it alive)."""
         self.conversation_flow = conversation_flow
         self.wake_up = wake_up
         self.background_audio_config = background_audio
@@ -164,7 +166,7 @@ class AgentSession(EventEmitter):
         self._outlet = SpeechOutlet(
             scheduler=self._scheduler,
             mixer=self.mixer,
-            chat_context=lambda: me.agent.chat_context,
+            chat_context=lambda: me._agent_now.chat_context,
             on_first_audio=lambda utterance: me._on_first_audio(utterance),
             on_item=lambda item: me._item_added(item),
         )
@@ -193,6 +195,20 @@ class AgentSession(EventEmitter):
         self._thinking_player: BackgroundAudioPlayer | None = None
         self._background_player: BackgroundAudioPlayer | None = None
         self._thinking_was_playing = False
+
+    @property
+    def _agent_now(self) -> Agent:
+        agent = self.agent
+        if agent is None:
+            raise SessionClosed("the session has closed")
+        return agent
+
+    @property
+    def _pipeline_now(self) -> Pipeline:
+        pipeline = self.pipeline
+        if pipeline is None:
+            raise SessionClosed("the session has closed")
+        return pipeline
 
     # -- states -------------------------------------------------------------------------------
     @property
@@ -288,7 +304,7 @@ class AgentSession(EventEmitter):
         """One utterance failed (logged already): say so, and apologise if the agent has words
         for it (`Agent.apology`); the session goes on."""
         self.emit("error", ErrorEvent(exc, _stage(exc), fatal=False))
-        apology = self.agent.apology
+        apology = self._agent_now.apology
         if apology and utterance.source in _REPLY_SOURCES and not self._close_started:
             self._require_nursery().start_soon(self._apologise, apology)
 
@@ -389,15 +405,15 @@ class AgentSession(EventEmitter):
         nursery = self._require_nursery()
         self._span = tracing.start("trioagent.session", self._span_attributes())
         self._update_states()
-        await self._connect_mcp(self.agent)
-        self.pipeline.attach(self._host)
-        self._hook_agent(self.agent)
+        await self._connect_mcp(self._agent_now)
+        self._pipeline_now.attach(self._host)
+        self._hook_agent(self._agent_now)
         await nursery.start(self._pump_output)
         await nursery.start(self._scheduler.run)
         await nursery.start(self._run_pipeline)
         if self.background_audio_config is not None:
             await self.play_background_audio(self.background_audio_config, override_thinking=False)
-        await self.agent.on_enter()
+        await self._agent_now.on_enter()
         if self.wake_up is not None:
             await nursery.start(self._wake_up_timer)
         self._starting = False
@@ -443,7 +459,7 @@ class AgentSession(EventEmitter):
 
     async def _run_pipeline(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await self.pipeline.run(task_status=task_status)
+            await self._pipeline_now.run(task_status=task_status)
         except Exception as exc:
             # A provider's stream failed (an STT that died, say): this session ends cleanly;
             # nothing outside it is touched.
@@ -486,17 +502,17 @@ class AgentSession(EventEmitter):
                     self._keep_unanswered(turn)
             self._scheduler.close()
             self._wake_pause("closing")
-            self._unhook_agent(self.agent)
+            self._unhook_agent(self._agent_now)
             steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-                ("agent.on_exit", self.agent.on_exit),
+                ("agent.on_exit", self._agent_now.on_exit),
                 ("MCP servers", self._stop_mcp),
                 ("thinking audio", self.stop_thinking_audio),
                 ("background audio", self._stop_background_player),
-                ("pipeline.cleanup", self.pipeline.cleanup),
+                ("pipeline.cleanup", self._pipeline_now.cleanup),
             ]
             if self.conversation_flow is not None:
                 steps.append(("conversation_flow.cleanup", self.conversation_flow.cleanup))
-            steps += [("agent.cleanup", self.agent.cleanup), ("transport.aclose", self.transport.aclose)]
+            steps += [("agent.cleanup", self._agent_now.cleanup), ("transport.aclose", self.transport.aclose)]
             for name, step in steps:
                 # Each step in its own scope: one that hangs is cut at the shared deadline and
                 # the next ones still run (those after the deadline up to their first checkpoint).
@@ -529,7 +545,14 @@ class AgentSession(EventEmitter):
         registered, the tracebacks of a failure), so it is freed as soon as nobody holds it."""
         self._handlers.clear()  # no more events; a callback may well hold the session
         self._retap()
-        self.pipeline.attach(None)
+        if self.pipeline is not None:
+            self.pipeline.attach(None)
+        # As in the seed: the session lets go of its agent and pipeline (and with them the chat
+        # context, the providers' clients and models), so a caller that keeps the session for
+        # its metrics does not keep those alive.
+        self.agent = None
+        self.pipeline = None
+        self.conversation_flow = None
         if self.failure is not None:
             _drop_tracebacks(self.failure)  # (logged already) its frames hold this session's tasks
 
@@ -583,7 +606,7 @@ class AgentSession(EventEmitter):
                 self.emit("speech_created", SpeechCreated(inline, SpeechSource.TOOL))
                 await trio.lowlevel.checkpoint()
                 return inline
-        handle = UtteranceHandle(source=SpeechSource.SAY, interruptible=interruptible and self.pipeline.allow_interruptions)
+        handle = UtteranceHandle(source=SpeechSource.SAY, interruptible=interruptible and self._pipeline_now.allow_interruptions)
         handle.text = message
         self._submit(Utterance(handle, self._outlet, text=message, add_to_chat_context=add_to_chat_context))
         await trio.lowlevel.checkpoint()
@@ -609,7 +632,7 @@ class AgentSession(EventEmitter):
         if pending is not None:
             await trio.lowlevel.checkpoint()
             return pending
-        handle = UtteranceHandle(source=SpeechSource.REPLY, interruptible=interruptible and self.pipeline.allow_interruptions)
+        handle = UtteranceHandle(source=SpeechSource.REPLY, interruptible=interruptible and self._pipeline_now.allow_interruptions)
         self._submit(Utterance(handle, self._outlet, instructions=instructions))
         if wait_for_playback:
             await handle.wait()
@@ -618,21 +641,21 @@ class AgentSession(EventEmitter):
         return handle
 
     def _span_attributes(self) -> dict[str, Any]:
-        pipeline = self.pipeline
+        pipeline = self._pipeline_now
         parts = {f"trioagent.{part}": type(getattr(pipeline, part)).__name__ for part in ("stt", "llm", "tts", "vad", "model") if getattr(pipeline, part, None) is not None}
-        mcp = self.agent.mcp_manager
+        mcp = self._agent_now.mcp_manager
         return {
-            "trioagent.agent": type(self.agent).__name__,
+            "trioagent.agent": type(self._agent_now).__name__,
             "trioagent.pipeline": type(pipeline).__name__,
             **parts,
-            "trioagent.function_tools": [t.name for t in self.agent.own_tools],
+            "trioagent.function_tools": [t.name for t in self._agent_now.own_tools],
             "trioagent.mcp_servers": [server.label for server in mcp.servers] if mcp is not None else None,
         }
 
     def _submit(self, utterance: Utterance) -> None:
         if self._span is not None:
             self._turn_spans[utterance.handle.id] = tracing.start(
-                "trioagent.utterance", {"trioagent.source": utterance.source.value, "trioagent.agent": type(self.agent).__name__}, self._span
+                "trioagent.utterance", {"trioagent.source": utterance.source.value, "trioagent.agent": type(self._agent_now).__name__}, self._span
             )
         self.emit("speech_created", SpeechCreated(utterance.handle, utterance.source))
         self._scheduler.submit(utterance)
@@ -674,7 +697,7 @@ class AgentSession(EventEmitter):
             self._scheduler.interrupt(waiting, force=True, reason="merged into the user's next turn")
             if earlier is not None:
                 turn = earlier.merge(turn)
-        handle = UtteranceHandle(source=SpeechSource.USER_TURN, interruptible=self.pipeline.allow_interruptions)
+        handle = UtteranceHandle(source=SpeechSource.USER_TURN, interruptible=self._pipeline_now.allow_interruptions)
         self._submit(Utterance(handle, self._outlet, user_turn=turn))
         return handle
 
@@ -683,7 +706,7 @@ class AgentSession(EventEmitter):
 
     def _keep_unanswered(self, turn: UserTurn) -> None:
         """Put a user turn into the chat context without answering it (once)."""
-        context = self.agent.chat_context
+        context = self._agent_now.chat_context
         if turn.message is not None and turn.message in context.items:
             turn.message.content = turn.text
         else:
@@ -703,7 +726,7 @@ class AgentSession(EventEmitter):
         if self._close_started or self._nursery is None:
             return
         self.emit("dtmf", {"digit": digit})
-        self._nursery.start_soon(self._on_dtmf, self.agent, digit)
+        self._nursery.start_soon(self._on_dtmf, self._agent_now, digit)
 
     async def _on_dtmf(self, agent: Agent, digit: str) -> None:
         try:
@@ -742,7 +765,7 @@ class AgentSession(EventEmitter):
         are included too.
         """
         out: list[dict[str, Any]] = []
-        for item in self.agent.chat_context.items:
+        for item in self._agent_now.chat_context.items:
             if isinstance(item, ChatMessage):
                 if item.role is ChatRole.SYSTEM and not include_system_messages:
                     continue
@@ -767,12 +790,12 @@ class AgentSession(EventEmitter):
             await utterance.wait_played_out()
             return
         if utterance.source is SpeechSource.SAY:
-            await self.pipeline.say(utterance)
+            await self._pipeline_now.say(utterance)
             return
         flow = self.conversation_flow
         await self.start_thinking_audio()
         try:
-            await self.pipeline.reply(utterance)
+            await self._pipeline_now.reply(utterance)
         finally:
             self._stop_thinking_audio_nowait()  # (fades out on its own)
             if utterance.user_turn is not None and utterance.user_turn.message is not None and flow is not None:
@@ -868,7 +891,7 @@ class AgentSession(EventEmitter):
         """Play the agent's thinking audio, unless background audio is playing or none is set."""
         if self._background_player is not None and self._background_player.is_playing:
             return
-        config = self.agent.thinking_audio
+        config = self._agent_now.thinking_audio
         if config is None or (self._thinking_player is not None and self._thinking_player.is_playing):
             return
         player = BackgroundAudioPlayer(config, self.mixer, name="thinking")
@@ -939,12 +962,12 @@ class AgentSession(EventEmitter):
     async def _stop_mcp(self) -> None:
         """Start disconnecting the agent's MCP servers: they finish (a stdio server exits) while
         the other close steps run, and the session waits for them with its other tasks."""
-        if self.agent.mcp_manager is not None:
-            self.agent.mcp_manager.close_nowait()
+        if self._agent_now.mcp_manager is not None:
+            self._agent_now.mcp_manager.close_nowait()
         await trio.lowlevel.checkpoint()
 
     async def _hand_over(self, new_agent: Agent) -> None:
-        old = self.agent
+        old = self._agent_now
         try:
             await old.on_exit()
         except Exception:
@@ -957,7 +980,7 @@ class AgentSession(EventEmitter):
         new_agent.chat_context.items.extend(
             i for i in old.chat_context.items if not (isinstance(i, ChatMessage) and i.role is ChatRole.SYSTEM)
         )
-        self.agent = new_agent
+        self.agent = new_agent  # (assigned: released at close)
         self._hook_agent(new_agent)
         try:
             await self._connect_mcp(new_agent)
@@ -981,7 +1004,7 @@ class _Host:
 
     @property
     def agent(self) -> Agent:
-        return self._session.agent
+        return self._session._agent_now
 
     @property
     def conversation_flow(self) -> ConversationFlow | None:
