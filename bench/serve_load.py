@@ -18,6 +18,10 @@ passes when, over all clients:
 "reply" is the same as the client saw it (first loud frame received): it adds the network, the
 WebSocket framing on both sides and the load generator's own event-loop delay.
 
+By default every caller's turns are in step (all stop speaking within the same 20 ms, so every
+session answers at once: the worst case); SERVE_LOAD_TURNS=spread spreads the callers' turns
+evenly over the 4 s cycle, as independent callers would be.
+
 Run: python bench/serve_load.py [N ...]   (default: 25 50 100 150 200)
 """
 
@@ -41,6 +45,7 @@ from _common import machine, percentile
 DURATION = 16.0
 SPEECH, SILENCE = 1.0, 3.0
 PERIOD = 0.02
+SPREAD = os.environ.get("SERVE_LOAD_TURNS") == "spread"
 STAGES = ("end of turn", "to LLM", "LLM first token", "to TTS", "TTS first audio", "to the mixer")
 
 
@@ -117,14 +122,14 @@ class ClientStats:
         self.dropped = False
 
 
-async def client(port: int, offset: float, t0: float, stats: ClientStats, speech_pcm: list[bytes], silence_pcm: bytes) -> None:
+async def client(port: int, offset: float, t0: float, stats: ClientStats, speech_pcm: list[bytes], silence_pcm: bytes, phase: int = 0) -> None:
     try:
-        await _client(port, offset, t0, stats, speech_pcm, silence_pcm)
+        await _client(port, offset, t0, stats, speech_pcm, silence_pcm, phase)
     except* (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError):
         stats.dropped = True
 
 
-async def _client(port: int, offset: float, t0: float, stats: ClientStats, speech_pcm: list[bytes], silence_pcm: bytes) -> None:
+async def _client(port: int, offset: float, t0: float, stats: ClientStats, speech_pcm: list[bytes], silence_pcm: bytes, phase: int) -> None:
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream, trio.open_nursery() as nursery:
         ws = await trio_websocket.wrap_client_stream(nursery, stream, "127.0.0.1", "/ws", message_queue_size=64)
         await ws.send_message(json.dumps({"type": "hello", "sample_rate": 16000, "output_sample_rate": 24000}))
@@ -155,7 +160,7 @@ async def _client(port: int, offset: float, t0: float, stats: ClientStats, speec
         k = 0
         while start + (k + 1) * PERIOD < t0 + DURATION:
             await trio.sleep_until(start + (k + 1) * PERIOD)  # frame k has been "captured"
-            i = k % turn
+            i = (k + phase) % turn
             await ws.send_message(speech_pcm[i % len(speech_pcm)] if i < len(speech_pcm) else silence_pcm)
             if i == len(speech_pcm) - 1:
                 speech_ends.append(start + (k + 1) * PERIOD)
@@ -181,9 +186,11 @@ async def level(n: int) -> dict[str, Any]:
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
     t0 = trio.current_time() + 0.5
+    turn = round((SPEECH + SILENCE) / PERIOD)
     async with trio.open_nursery() as nursery:
         for i, s in enumerate(stats):
-            nursery.start_soon(client, port, (i % 20) * PERIOD / 20 + (i // 20) * 0.0001, t0, s, speech_pcm, silence_pcm)
+            phase = (i * turn) // n if SPREAD else 0  # (spread: the callers' turns evenly over the 4 s cycle)
+            nursery.start_soon(client, port, (i % 20) * PERIOD / 20 + (i // 20) * 0.0001, t0, s, speech_pcm, silence_pcm, phase)
     wall = time.perf_counter() - wall0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     server.send_signal(signal.SIGTERM)
@@ -220,7 +227,8 @@ async def main(levels: list[int]) -> None:
     if os.environ.get("SERVE_LOAD_CPUS"):
         os.sched_setaffinity(0, {int(os.environ["SERVE_LOAD_CPUS"].split("/")[1])})
     print(f"machine: {machine()}")
-    print(f"{DURATION:.0f} s per level; each session: 16 kHz in, 24 kHz out, 1 s speech + 3 s silence turns")
+    print(f"{DURATION:.0f} s per level; each session: 16 kHz in, 24 kHz out, 1 s speech + 3 s silence turns, "
+          + ("spread over the cycle (SERVE_LOAD_TURNS=spread)" if SPREAD else "all callers in step (the worst case)"))
     print(f"{'sessions':>8} {'e2e p50':>8} {'e2e p99':>8} {'frames':>7} {'gap p99':>8} {'underrun':>9} {'reply p50':>10} {'reply p99':>10} {'server CPU':>11} {'CPU/session':>12} {'client CPU':>11} {'dropped':>8}  verdict")
     for n in levels:
         r = await level(n)
