@@ -44,6 +44,7 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
         (["serve", "tests.netkit:factory", "--insecure", "--port", "http"], "'http' is not a port number"),
         (["serve", "tests.netkit:factory", "--insecure", "--host", "no-such-host.invalid"], "cannot resolve host 'no-such-host.invalid'"),
         (["serve", "tests.netkit:factory"], "a secret is needed"),
+        (["serve", "tests.netkit:factory", "--insecure", "--record-dir", "/nonexistent"], "--record-dir /nonexistent: not a directory this process can write to"),
         (["serve", "tests.netkit:factory", "--insecure", "--grace", "-1"], "-1 must be more than 0"),
         (["demo", "--out", "/nonexistent/dir/x.wav"], "cannot write /nonexistent/dir/x.wav: /nonexistent/dir is not a directory"),
         (["demo", "--mcp-stdio", "no-such-mcp-server --stdio"], "--mcp-stdio: no program 'no-such-mcp-server' (not on PATH)"),

@@ -458,3 +458,29 @@ async def test_marks_a_client_never_echoes_do_not_pile_up(autojump_clock: trio.t
     await ws.aclose()
 
 
+
+
+async def test_record_dir_records_each_call(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """`record_dir` (`serve --record-dir`): each call is a stereo WAV there, the caller on the
+    left and the agent on the right; a directory that went away is logged and the call goes on."""
+    import wave
+
+    server, listener = await start_memory_server(nursery, record_dir=str(tmp_path))
+    client = await browser_conversation(listener)
+    (path,) = tmp_path.iterdir()
+    assert path.name.endswith(f"-{__import__('os').getpid()}-1.wav")
+    with wave.open(str(path), "rb") as w:
+        assert (w.getnchannels(), w.getframerate()) == (2, 24000)
+        data = np.frombuffer(w.readframes(w.getnframes()), np.int16).reshape(-1, 2)
+    loud = np.abs(data.astype(np.int32)) > 3000
+    # The caller speaks 0 .. 1.0 s (resampled to 24 kHz); the agent answers from 1.5 s.
+    assert loud[: 24000, 0].mean() > 0.5 and not loud[: 24000, 1].any()
+    first = int(np.flatnonzero(loud[:, 1])[0])
+    assert 1.5 <= first / 24000 < 1.55 and not loud[36000:, 0].any()
+    heard = np.concatenate(client.audio)
+    assert int(np.count_nonzero(loud[:, 1])) == int(np.count_nonzero(np.abs(heard.astype(np.int32)) > 3000))  # every loud sample sent
+    server.record_dir = str(tmp_path / "gone")
+    with caplog.at_level("ERROR", logger="trioagent.server"):
+        client = await browser_conversation(listener)
+    assert [m["text"] for m in client.of("agent_text")] == ["Hi there. How can I help?"]
+    assert "cannot record the call" in caplog.text and "goes on unrecorded" in caplog.text

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import wave
 from pathlib import Path
 
 import trio
@@ -59,10 +60,10 @@ async def calls(port: int, n: int) -> list[str]:
     return results
 
 
-async def test_workers_restart_roll_and_drain() -> None:
+async def test_workers_restart_roll_and_drain(tmp_path: Path) -> None:
     port = free_port()
     supervisor = subprocess.Popen(
-        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2", "--grace", "10"],
+        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2", "--grace", "10", "--record-dir", str(tmp_path)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -117,6 +118,12 @@ async def test_workers_restart_roll_and_drain() -> None:
         assert "with 2 worker processes" in out and "SIGHUP" in out and "SIGTERM" in out
         errors = supervisor.stderr.read() if supervisor.stderr else ""
         assert "died with status -9" in errors and "Traceback" not in errors
+        # --record-dir reached the workers: each call is a whole stereo WAV, by both workers.
+        wavs = sorted(tmp_path.glob("*.wav"))
+        assert len(wavs) == 10 + len(results) and len({w.name.split("-")[1] for w in wavs}) >= 3  # (first, replaced, rolled)
+        for path in wavs:
+            with wave.open(str(path), "rb") as w:
+                assert w.getnchannels() == 2 and w.getnframes() > 0
     finally:
         supervisor.kill()
         supervisor.communicate()  # (reaps it and closes its pipes)

@@ -9,6 +9,7 @@ starts. Ctrl-C stops cleanly: one line, exit status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import inspect
@@ -163,6 +164,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         parser_.add_argument("--max-sessions", type=int, default=200, help="sessions at once; more get close 1013")
         parser_.add_argument("--grace", type=_positive, default=10.0, help="seconds running sessions get on SIGTERM")
         parser_.add_argument("--factory-timeout", type=_positive, default=10.0, help="seconds the factory may take for a session (then close 1011)")
+        parser_.add_argument("--record-dir", default=None, help="record every call there as a stereo WAV (user left, agent right)")
         parser_.add_argument("--workers", type=int, default=1, help="worker processes, each one trio thread (0: one per core); connections go to the one with the fewest sessions")
         parser_.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # (a worker: connections come on this Unix socket)
         parser_.set_defaults(handler=_serve)
@@ -179,6 +181,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     con.add_argument("--input-device", default=None, help="PortAudio input device, name or index (default: the system's)")
     con.add_argument("--output-device", default=None, help="PortAudio output device, name or index (default: the system's)")
     con.add_argument("--list-devices", action="store_true", help="list the sound devices PortAudio sees, and exit")
+    con.add_argument("--record", default=None, metavar="PATH", help="record the call to this stereo WAV (you left, the agent right)")
     con.set_defaults(handler=_console_command)
     commands["console"] = con
 
@@ -262,6 +265,8 @@ async def check_factory(factory: Callable[[], Any], spec: str, timeout: float) -
 def _serve(args: argparse.Namespace) -> int:
     if not args.secret and not args.insecure:
         raise UsageError("a secret is needed (--secret or $TRIOAGENT_SECRET), or --insecure for development")
+    if args.record_dir is not None and not (os.path.isdir(args.record_dir) and os.access(args.record_dir, os.W_OK)):
+        raise UsageError(f"--record-dir {args.record_dir}: not a directory this process can write to")
     factory = load_factory(args.factory)
     return trio.run(_serve_async, args, factory)
 
@@ -293,18 +298,7 @@ async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> 
     async with trio.open_nursery() as nursery:
 
         async def serve_until_drained(task_status: trio.TaskStatus[Server]) -> None:
-            await serve(
-                factory,
-                args.host,
-                port,
-                secret=args.secret,
-                allowed_origins=set(args.origin) if args.origin else None,
-                max_sessions=args.max_sessions,
-                grace=args.grace,
-                factory_timeout=args.factory_timeout,
-                listeners=listeners,
-                task_status=task_status,
-            )
+            await serve(factory, args.host, port, listeners=listeners, task_status=task_status, **_server_options(args))
             nursery.cancel_scope.cancel()  # drained: stop waiting for signals
 
         server: Server = await nursery.start(serve_until_drained)
@@ -325,12 +319,26 @@ async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> 
     return 0
 
 
+def _server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`serve()`'s options from the command line (the same in a single process and a worker)."""
+    return {
+        "secret": args.secret,
+        "allowed_origins": set(args.origin) if args.origin else None,
+        "max_sessions": args.max_sessions,
+        "grace": args.grace,
+        "factory_timeout": args.factory_timeout,
+        "record_dir": args.record_dir,
+    }
+
+
 def _worker_args(args: argparse.Namespace) -> list[str]:
     """The serve options a worker needs (it does not listen: the supervisor does)."""
     out = [args.factory, "--max-sessions", str(args.max_sessions), "--grace", str(args.grace), "--factory-timeout", str(args.factory_timeout)]
     out += ["--secret", args.secret] if args.secret else ["--insecure"]
     for origin in args.origin or []:
         out += ["--origin", origin]
+    if args.record_dir:
+        out += ["--record-dir", args.record_dir]
     return out
 
 
@@ -377,16 +385,7 @@ async def _worker(args: argparse.Namespace, factory: Callable[[], Any]) -> int:
     async with trio.open_nursery() as nursery:
 
         async def run(task_status: trio.TaskStatus[Server]) -> None:
-            await serve(
-                factory,
-                secret=args.secret,
-                allowed_origins=set(args.origin) if args.origin else None,
-                max_sessions=args.max_sessions,
-                grace=args.grace,
-                factory_timeout=args.factory_timeout,
-                listeners=[listener],
-                task_status=task_status,
-            )
+            await serve(factory, listeners=[listener], task_status=task_status, **_server_options(args))
             nursery.cancel_scope.cancel()
 
         server: Server = await nursery.start(run)
@@ -428,6 +427,8 @@ def _console_command(args: argparse.Namespace) -> int:
         return 0
     if not args.factory:
         raise UsageError("which agent? give module:callable, e.g. trioagent.demo:agent_factory")
+    if args.record is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.record))):
+        raise UsageError(f"--record {args.record}: no such directory")
     try:
         sd.check_input_settings(device=_device(args.input_device), samplerate=16000, channels=1, dtype="int16")
         sd.check_output_settings(device=_device(args.output_device), samplerate=24000, channels=1, dtype="int16")
@@ -439,6 +440,7 @@ def _console_command(args: argparse.Namespace) -> int:
 
 async def _console(args: argparse.Namespace, factory: Callable[[], Any], out: Any = None) -> int:
     """Run one session on the sound card, printing what is said, until Ctrl-C or SIGTERM."""
+    from .recording import record
     from .session import AgentSession
     from .transports.local import LocalAudioTransport
 
@@ -462,7 +464,10 @@ async def _console(args: argparse.Namespace, factory: Callable[[], Any], out: An
 
         nursery.start_soon(on_signal)
         try:
-            await session.run()
+            async with contextlib.AsyncExitStack() as stack:
+                if args.record is not None:
+                    await stack.enter_async_context(record(session, args.record))
+                await session.run()
         finally:
             await transport.aclose()
         nursery.cancel_scope.cancel()

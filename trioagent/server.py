@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import datetime
 import errno
 import inspect
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
@@ -34,6 +37,7 @@ from .errors import CloseCode, ProtocolError
 from .mcp import MCPServerError
 from .observe import ServerMetrics, metrics_available
 from .pipeline.base import Pipeline
+from .recording import record
 from .session import AgentSession
 from .transports._wire import ConnectionClosed, HandshakeFailed, ServerWebSocket
 from .transports.websocket import BrowserTransport, RealtimeTransport, TwilioTransport, _WebSocketTransport
@@ -92,6 +96,7 @@ class Server:
     grace: float = 10.0
     close_timeout: float = 2.0
     on_session: Callable[[AgentSession], None] | None = None
+    record_dir: str | None = None
     port: int = 0
     active: int = 0
     sessions_started: int = 0
@@ -420,6 +425,19 @@ class Server:
         self._refuse("factory")
         raise _CloseWith(CloseCode.INTERNAL_ERROR, f"the agent did not start within {self.factory_timeout:g} s")
 
+    async def _record(self, stack: contextlib.AsyncExitStack, session: AgentSession) -> None:
+        """With `record_dir`: record the call there (stereo WAV, `trioagent.recording`); a file
+        that cannot be opened is logged and the call goes on unrecorded."""
+        if self.record_dir is None:
+            return
+        # (wall time: the name is for people to find the call by)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = os.path.join(self.record_dir, f"{stamp}-{os.getpid()}-{self.sessions_started}.wav")
+        try:
+            await stack.enter_async_context(record(session, path))
+        except OSError as exc:
+            _log.error("cannot record the call to %s (%s); it goes on unrecorded", path, exc.strerror or exc)
+
     async def _run_session(self, conn: _Connection, path: str, query: dict[str, str]) -> tuple[int, str]:
         # Before the session: the hello (or Twilio's start) and the factory. A drain cancels it.
         with conn.starting:
@@ -461,7 +479,9 @@ class Server:
 
                 nursery.start_soon(reader)
                 try:
-                    await session.run()
+                    async with contextlib.AsyncExitStack() as stack:
+                        await self._record(stack, session)
+                        await session.run()
                 except Exception as exc:  # (run() raises only what stopped the session starting)
                     start_error = exc
                 nursery.cancel_scope.cancel()
@@ -543,6 +563,7 @@ async def serve(
     factory_timeout: float = 10.0,
     on_session: Callable[[AgentSession], None] | None = None,
     listeners: Sequence[trio.abc.Listener[Any]] | None = None,
+    record_dir: str | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve agents over WebSocket until cancelled or until `Server.shutdown()`.
@@ -561,6 +582,8 @@ async def serve(
         on_session: called with each new `AgentSession` before it starts (to subscribe to
             its events, count, log).
         listeners: serve these (already bound) instead of listening on host and port.
+        record_dir: record every call there as a stereo WAV (`trioagent.recording.record`),
+            named by its UTC start, process and number.
     """
     server = Server(
         factory,
@@ -571,6 +594,7 @@ async def serve(
         grace=grace,
         factory_timeout=factory_timeout,
         on_session=on_session,
+        record_dir=record_dir,
     )
     if listeners is not None:
         server.port = port
