@@ -43,6 +43,8 @@ async def test_a_spoken_question_gets_the_models_audio(autojump_clock: trio.test
     session, transport = realtime_session(fake)
     heard: list[UserTurnEnded] = []
     session.on("user_turn_ended", heard.append)
+    tapped: list[float] = []  # (the input tap: every frame the pipeline reads)
+    session.on("on_speech_in", lambda d: tapped.append(d["frame"].timestamp))
     before = {id(t) for t in all_tasks()}
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
@@ -70,6 +72,7 @@ async def test_a_spoken_question_gets_the_models_audio(autojump_clock: trio.test
     messages = [(m.role, m.content) for m in agent.chat_context.messages]
     assert messages[1:] == [(ChatRole.USER, "hi"), (ChatRole.ASSISTANT, "Hello there friend.")]
     assert [h.text for h in heard] == ["hi"] and heard[0].start == at(0.0)
+    assert tapped == pytest.approx([0.02 * i for i in range(150)], abs=1e-9)
     m = session.metrics[0]
     assert m.user_text == "hi"
     assert m.user_speech_end == pytest.approx(1.0, abs=0.02) and m.end_of_turn_at == at(1.52)  # (the fake VAD works in chunks)

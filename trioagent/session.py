@@ -446,8 +446,6 @@ class AgentSession(EventEmitter):
 
     def _retap(self) -> None:
         """Turn the audio taps on while someone listens to them, off when nobody does."""
-        if not hasattr(self, "_host"):
-            return  # (still in __init__)
         handlers = self._handlers
         self.mixer.tap = self._tap_out if handlers.get("on_speech_out") else None
         self._host.speech_in = self._tap_in if handlers.get("on_speech_in") else None
