@@ -160,3 +160,11 @@ async def test_a_recording_that_cannot_open_its_file_says_so(autojump_clock: tri
     async with trio.open_nursery() as nursery:
         with pytest.raises(OSError):
             await nursery.start(record(session, tmp_path / "no such dir" / "call.wav").run)
+    # An error in the recorded block comes out as itself, and the file is still whole.
+    with pytest.raises(KeyError):
+        async with record(session, tmp_path / "failed.wav"):
+            async with session:
+                await trio.sleep(1.0)
+                raise KeyError("a bug in the caller")
+    rate, data = read_wav(tmp_path / "failed.wav")
+    assert len(data) == rate * 1.0 and session.mixer.tap is None

@@ -5,8 +5,9 @@ frame as the pipeline hears it; ``on_speech_out``: each output frame as the mixe
 agent's voice over any background audio). Each side is a track of int16 pieces placed on one
 timeline by session time (an output frame at its tick, an input frame ending when it arrived);
 frames that arrive back to back are laid back to back, a real pause in the input stays a pause.
-A writer task writes what is older than `hold` seconds once a second, and the rest when the
-recording stops. It writes inline, not in a worker thread: a second of 24 kHz stereo is 96 KB
+What is older than `hold` seconds is written once a second, from the output tap (the mixer
+ticks all through a session: no task of its own), and the rest when the recording stops. It
+writes inline, not in a worker thread: a second of 24 kHz stereo is 96 KB
 into the page cache (tens of microseconds, see NOTES.md), less than a thread hand-off costs, and
 it keeps a recording deterministic under a fake clock (a thread's real time lets an autojump
 clock run on). Record to a local disk: one that stalls stalls this process. The taps do no
@@ -50,7 +51,7 @@ def record(session: EventEmitter, path: str | os.PathLike[str], *, sample_rate: 
     Use it as an async context manager around the part to record (the whole session: around
     ``async with session``), or run it in a nursery (``await nursery.start(rec.run)``; it writes
     the rest and closes the file when cancelled). Entering opens the file (an `OSError` is
-    raised there); leaving writes the rest and closes it.
+    raised there); leaving writes the rest and closes it. A recording runs once.
 
     Args:
         session: an `AgentSession` (any emitter of ``on_speech_in`` / ``on_speech_out``).
@@ -122,13 +123,13 @@ class Recording:
     _file: wave.Wave_write | None = attrs.field(init=False, default=None)
     _raw: BinaryIO | None = attrs.field(init=False, default=None)
     _opened: bool = attrs.field(init=False, default=False)
-    _scope: trio.CancelScope | None = attrs.field(init=False, default=None)
-    _nursery_cm: Any = attrs.field(init=False, default=None)
+    _flush_samples: int = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         slack = round(0.06 * self.sample_rate)  # three 20 ms frames of jitter
         self._user = _Track(self.sample_rate, slack)
         self._agent = _Track(self.sample_rate, slack)
+        self._flush_samples = round(FLUSH_EVERY * self.sample_rate)
 
     @property
     def duration(self) -> float:
@@ -142,44 +143,32 @@ class Recording:
             OSError: the file could not be opened (before `task_status.started()`).
             RuntimeError: this recording already ran.
         """
-        if self._file is None:
-            self._open()
-        elif not math.isnan(self._t0):
-            raise RuntimeError("a Recording runs once")
+        self._start()
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._finish()
+
+    async def __aenter__(self) -> Recording:
+        self._start()
+        await trio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self._finish()
+
+    def _start(self) -> None:
+        self._open()
         self._t0 = trio.current_time()
         self.session.on("on_speech_in", self._heard)
         self.session.on("on_speech_out", self._played)
-        try:
-            task_status.started()
-            while True:
-                await trio.sleep(FLUSH_EVERY)
-                upto = round((trio.current_time() - self._t0 - self.hold) * self.sample_rate)
-                self._write(upto)
-        finally:
-            self.session.off("on_speech_in", self._heard)
-            self.session.off("on_speech_out", self._played)
-            self._write(max(self._user.cursor, self._agent.cursor, self._written))
-            self._close_file()
 
-    async def __aenter__(self) -> Recording:
-        self._open()  # (before the nursery: an OSError comes out as itself)
-        self._nursery_cm = trio.open_nursery()
-        nursery = await self._nursery_cm.__aenter__()
-        try:
-            await nursery.start(self._run_scoped)
-        except BaseException as exc:
-            await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        assert self._scope is not None
-        self._scope.cancel(reason="recording stopped")
-        return bool(await self._nursery_cm.__aexit__(exc_type, exc, tb))
-
-    async def _run_scoped(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as self._scope:
-            await self.run(task_status=task_status)
+    def _finish(self) -> None:
+        self.session.off("on_speech_in", self._heard)
+        self.session.off("on_speech_out", self._played)
+        self._write(max(self._user.cursor, self._agent.cursor, self._written))
+        self._close_file()
 
     # -- the taps (sync, at each frame) -------------------------------------------------------
     def _heard(self, data: dict[str, AudioFrame]) -> None:
@@ -189,6 +178,10 @@ class Recording:
     def _played(self, data: dict[str, AudioFrame]) -> None:
         frame = data["frame"]  # made at its tick: its timestamp is when it starts to play
         self._agent.add(frame, frame.timestamp - self._t0, self._written, ends_at=False)
+        # The mixer ticks all through a session: its tap is the recording's clock for writes.
+        upto = round((trio.current_time() - self._t0 - self.hold) * self.sample_rate)
+        if upto - self._written >= self._flush_samples:
+            self._write(upto)
 
     # -- the file -----------------------------------------------------------------------------
     def _open(self) -> None:
