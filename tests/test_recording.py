@@ -22,10 +22,15 @@ from .kit import at, make_session
 
 
 def read_wav(path: Path) -> tuple[int, np.ndarray]:
+    """Read by libsndfile (soundfile), not by the `wave` module that wrote it."""
+    import soundfile
+
+    info = soundfile.info(str(path))
+    assert (info.format, info.subtype, info.channels) == ("WAV", "PCM_16", 2)
+    data, rate = soundfile.read(str(path), dtype="int16", always_2d=True)
     with wave.open(str(path), "rb") as w:
-        assert w.getnchannels() == 2 and w.getsampwidth() == 2
-        data = np.frombuffer(w.readframes(w.getnframes()), np.int16).reshape(-1, 2)
-        return w.getframerate(), data
+        assert w.getnframes() == len(data)  # (the header's size was written at the end)
+    return int(rate), data
 
 
 class Listening(Agent):
