@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 import trio
 
@@ -304,3 +306,40 @@ async def test_tick_clock_phase(autojump_clock: trio.testing.MockClock) -> None:
             times.append((await receive.receive()).timestamp - t0)
         nursery.cancel_scope.cancel()
     assert times == [approx(t) for t in (0.005, 0.025, 0.045)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 400), st.just(-1)), min_size=1, max_size=40), st.booleans())
+def test_any_pushes_play_every_sample_once_in_order(steps: list[int], loop: bool) -> None:
+    """A source's queue, for frames of any length (a TTS's, a resampler's leftovers, exactly
+    one tick, none) pushed between ticks (-1): each tick takes the next samples, every sample
+    once and in order, a short tick padded with zeros; a looping source replays the same; the
+    queued length stays exact."""
+    mixer = Mixer(sample_rate=8000)  # a tick is 160 samples
+    s = mixer.add_source(8000, loop=loop)
+    pushed: list[int] = []
+    played: list[int] = []
+
+    def tick() -> None:
+        before = s._queued if not s._ended else 160 * bool(pushed)  # (an ended loop replays)
+        chunk, got = s._take(160)
+        assert len(chunk) == 160 and got == min(before, 160) and not chunk[got:].any()
+        played.extend(np.rint(chunk[:got] * 32768.0).astype(int).tolist())
+        assert s._queued == sum(len(c) for c in s._chunks) - s._offset  # (kept as it goes, not summed)
+
+    for step in steps:
+        if step < 0:
+            tick()
+        else:
+            samples = [(len(pushed) + i) % 30000 + 1 for i in range(step)]
+            pushed.extend(samples)
+            s.push(AudioFrame(np.array(samples, np.int16), 8000))
+    while s._queued:
+        tick()
+    assert played == pushed
+    if loop:
+        s.end()
+        for _ in range(3):
+            tick()
+        cycles = pushed * (2 + 480 // max(1, len(pushed)))
+        assert played[len(pushed) :] == cycles[: len(played) - len(pushed)]

@@ -241,10 +241,16 @@ class MixerSource:
             return np.zeros(n, np.float32), 0
         head = self._chunks[0]
         off = self._offset
-        if len(head) - off > n:
+        left = len(head) - off
+        if left > n:
             self._offset = off + n
             self._queued -= n
             return head[off : off + n], n
+        if left == n:  # (the common case: a TTS frame of exactly one tick at the mixer's rate)
+            self._chunks.popleft()
+            self._offset = 0
+            self._queued -= n
+            return head[off:], n
         parts: list[Float32Array] = []
         got = 0
         while got < n:
@@ -259,7 +265,7 @@ class MixerSource:
                 self._offset = 0
             else:
                 self._offset += len(piece)
-        self._queued = sum(len(c) for c in self._chunks) - self._offset
+        self._queued -= got  # (a rewind above added what it queued)
         if got < n:
             parts.append(np.zeros(n - got, np.float32))
         return np.concatenate(parts), got
@@ -434,7 +440,8 @@ class Mixer:
         self._sources = keep
         self._ticks += 1
         np.multiply(acc, 32768.0, out=acc)
-        np.clip(acc, -32768.0, 32767.0, out=acc)  # saturate: no wrap-around
+        np.minimum(acc, 32767.0, out=acc)  # saturate: no wrap-around (two ufuncs: np.clip's
+        np.maximum(acc, -32768.0, out=acc)  # Python wrapper costs more than both)
         np.rint(acc, out=acc)
         frame = AudioFrame._trusted(acc.astype(np.int16), self.sample_rate, 1, now)
         if self.tap is not None:
