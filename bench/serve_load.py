@@ -18,6 +18,10 @@ passes when, over all clients:
 "reply" is the same as the client saw it (first loud frame received): it adds the network, the
 WebSocket framing on both sides and the load generator's own event-loop delay.
 
+SERVE_LOAD_PROCESSES=2 runs two server processes and gives them the callers in turn, as
+`trioagent serve --workers 2` does by least sessions (the supervisor only hands over each
+connection's socket: it costs nothing per frame).
+
 By default every caller's turns are in step (all stop speaking within the same 20 ms, so every
 session answers at once: the worst case); SERVE_LOAD_TURNS=spread spreads the callers' turns
 evenly over the 4 s cycle, as independent callers would be.
@@ -51,6 +55,7 @@ DURATION = 16.0
 SPEECH, SILENCE = 1.0, 3.0
 PERIOD = 0.02
 SPREAD = os.environ.get("SERVE_LOAD_TURNS") == "spread"
+PROCESSES = int(os.environ.get("SERVE_LOAD_PROCESSES", "1"))  # servers, each its own process (as `--workers N`)
 STAGES = ("end of turn", "to LLM", "LLM first token", "to TTS", "TTS first audio", "to the mixer")
 
 
@@ -219,13 +224,14 @@ async def connect(port: int) -> socket.socket:
     return sock
 
 
-async def drive(port: int, n: int, stats: list[ClientStats], speech_frames: list[bytes], silence_frame: bytes) -> float:
-    """Connect `n` callers, run them for `DURATION` from the returned start time."""
+async def drive(ports: list[int], n: int, stats: list[ClientStats], speech_frames: list[bytes], silence_frame: bytes) -> float:
+    """Connect `n` callers (in turn to each server: as `--workers` spreads them by least
+    sessions), run them for `DURATION` from the returned start time."""
     turn = round((SPEECH + SILENCE) / PERIOD)
     socks: list[socket.socket | None] = []
     for i in range(n):
         try:
-            socks.append(await connect(port))
+            socks.append(await connect(ports[i % len(ports)]))
         except OSError as exc:
             print(f"caller {i} could not connect: {exc}", file=sys.stderr)
             stats[i].dropped = True
@@ -305,28 +311,36 @@ async def level(n: int) -> dict[str, Any]:
     from trioagent.testing import silence, speech
 
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    server = await trio.lowlevel.open_process([sys.executable, os.environ.get("SERVE_LOAD_SERVER", __file__), "--serve"], stdout=subprocess.PIPE, env=env)
-    assert server.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        line += await server.stdout.receive_some(1)
-    started = json.loads(line)
-    port = started["port"]
+    servers, starts = [], []
+    for _ in range(PROCESSES):
+        server = await trio.lowlevel.open_process([sys.executable, os.environ.get("SERVE_LOAD_SERVER", __file__), "--serve"], stdout=subprocess.PIPE, env=env)
+        assert server.stdout is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await server.stdout.receive_some(1)
+        servers.append(server)
+        starts.append(json.loads(line))
+    ports = [started["port"] for started in starts]
     speech_frames = [ws_frame(2, f.to_pcm16()) for f in speech(SPEECH)]
     silence_frame = ws_frame(2, silence(PERIOD)[0].to_pcm16())
     stats = [ClientStats() for _ in range(n)]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
-    t0 = await drive(port, n, stats, speech_frames, silence_frame)
+    t0 = await drive(ports, n, stats, speech_frames, silence_frame)
     wall = time.perf_counter() - wall0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    server.send_signal(signal.SIGTERM)
-    out = b""
-    while chunk := await server.stdout.receive_some():
-        out += chunk
-    await server.wait()
-    result = json.loads(out.strip().splitlines()[-1])
-    result["cpu"] -= started["cpu0"]
+    result: dict[str, Any] = {"cpu": 0.0, "ticks": 0, "underruns": 0, "e2e": [], "stages": [], "lags": []}
+    for server, started in zip(servers, starts):
+        server.send_signal(signal.SIGTERM)
+        out = b""
+        assert server.stdout is not None
+        while chunk := await server.stdout.receive_some():
+            out += chunk
+        await server.wait()
+        one = json.loads(out.strip().splitlines()[-1])
+        result["cpu"] += one["cpu"] - started["cpu0"]
+        for key in ("ticks", "underruns", "e2e", "stages", "lags"):
+            result[key] += one[key]
     expected = sum((t0 + DURATION - s.ready_at) / PERIOD for s in stats if s.ready_at is not None)
     got = sum(s.frames for s in stats)
     gaps = [g for s in stats for g in s.gaps]
@@ -354,7 +368,7 @@ async def main(levels: list[int]) -> None:
     if os.environ.get("SERVE_LOAD_CPUS"):
         os.sched_setaffinity(0, {int(os.environ["SERVE_LOAD_CPUS"].split("/")[1])})
     print(f"machine: {machine()}")
-    print(f"{DURATION:.0f} s per level; each session: 16 kHz in, 24 kHz out, 1 s speech + 3 s silence turns, "
+    print(f"{DURATION:.0f} s per level, {PROCESSES} server process(es); each session: 16 kHz in, 24 kHz out, 1 s speech + 3 s silence turns, "
           + ("spread over the cycle (SERVE_LOAD_TURNS=spread)" if SPREAD else "all callers in step (the worst case)"))
     print(f"{'sessions':>8} {'e2e p50':>8} {'e2e p99':>8} {'frames':>7} {'gap p99':>8} {'underrun':>9} {'reply p50':>10} {'reply p99':>10} {'server CPU':>11} {'CPU/session':>12} {'client CPU':>11} {'dropped':>8}  verdict")
     for n in levels:
