@@ -6,6 +6,8 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 import trio
 
@@ -207,3 +209,22 @@ async def test_demo_end_to_end_in_virtual_time(autojump_clock: trio.testing.Mock
     assert "STT heard   : what is the weather in paris" in text and "end-to-end" in text
     recording = read_wav(tmp_path / "demo.wav")
     assert recording.channels == 2 and np.abs(recording.samples[:, 1].astype(np.int32)).max() > 5000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=0, max_size=6), min_size=1, max_size=60))
+def test_segmenter_windows_at_once_are_windows_one_by_one(frames: list[list[bool]]) -> None:
+    """`feed_windows` (a frame's windows at once, with its steady-state shortcut) makes the same
+    events and the same state as `feed` window by window."""
+    from trioagent.providers.vad import Segmenter
+
+    at_once, one_by_one = Segmenter(0.03, 0.05), Segmenter(0.03, 0.05)
+    t, w = 0.0, 0.01
+    for voiced in frames:
+        events = at_once.feed_windows(t, w, voiced)
+        expected = [e for i, v in enumerate(voiced) if (e := one_by_one.feed(t + i * w, w, v)) is not None]
+        assert events == expected
+        assert (at_once.speaking, at_once.in_speech_run, at_once.speech_duration) == pytest.approx(
+            (one_by_one.speaking, one_by_one.in_speech_run, one_by_one.speech_duration)
+        )
+        t += len(voiced) * w

@@ -43,6 +43,24 @@ class Segmenter:
         self.speaking = False
         self._run_start = self._silence_start = None
 
+    def feed_windows(self, t: float, w: float, voiced: list[bool]) -> list[VADEvent]:
+        """Consecutive windows of `w` seconds from `t`: the events they complete. The same as
+        `feed` for each, without a call per window in the steady states (quiet while not
+        speaking, voiced while speaking), where a window changes nothing but the time."""
+        if not self.speaking:
+            if self._run_start is None and not any(voiced):
+                self._processed_until = t + len(voiced) * w
+                return []
+        elif self._silence_start is None and all(voiced):
+            self._processed_until = t + len(voiced) * w
+            return []
+        events = []
+        for i, v in enumerate(voiced):
+            event = self.feed(t + i * w, w, v)
+            if event is not None:
+                events.append(event)
+        return events
+
     def feed(self, t: float, w: float, voiced: bool) -> VADEvent | None:
         """One window [t, t + w): speech or not. Returns the event it completes, if any."""
         self._processed_until = t + w
@@ -146,12 +164,5 @@ class EnergyVAD:
         x = samples[: n * win].astype(np.float32).reshape(n, win)
         x *= x
         # Loud windows: sum of squares over the threshold (times the window: no division).
-        loud = (x.sum(axis=1) > self._threshold * win).tolist()
-        w = win / self.sample_rate
-        t, feed = frame.timestamp, self._segmenter.feed
-        events = []
-        for i, voiced in enumerate(loud):
-            event = feed(t + i * w, w, voiced)
-            if event is not None:
-                events.append(event)
-        return events
+        loud = (np.add.reduce(x, axis=1) > self._threshold * win).tolist()  # (the ufunc: ndarray.sum adds a Python frame)
+        return self._segmenter.feed_windows(frame.timestamp, win / self.sample_rate, loud)
