@@ -105,6 +105,7 @@ class Server:
     _clocks: dict[TickClock, int] = attrs.field(init=False, factory=dict)  # clock -> sessions on it
     _live: list[_Connection] = attrs.field(factory=list)
     _open: int = attrs.field(init=False, default=0)  # connections with a session or still closing
+    _arriving: int = attrs.field(init=False, default=0)  # accepted, request or handshake under way
     _shutdown: trio.Event = attrs.field(factory=trio.Event)
     _idle: trio.Event = attrs.field(factory=trio.Event)
     metrics: ServerMetrics | None = attrs.field(init=False, default=None)
@@ -180,7 +181,7 @@ class Server:
 
     async def _wait_idle(self, closing: bool = False) -> None:
         """Until no session runs (with `closing`: until no connection is still closing either)."""
-        while self.active or (closing and self._open):
+        while self.active or self._arriving or (closing and self._open):
             self._idle = trio.Event()
             await self._idle.wait()
 
@@ -201,6 +202,19 @@ class Server:
                 sessions.start_soon(self._handle, stream)
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
+        # A connection accepted before a drain began is served (a worker's supervisor handed it
+        # over: refusing it would refuse a call during a rolling restart); the drain waits for
+        # it as for a session.
+        self._arriving += 1
+        arriving = True
+
+        def arrived() -> None:
+            nonlocal arriving
+            if arriving:
+                arriving = False
+                self._arriving -= 1
+                self._idle.set()
+
         try:
             async with stream:  # whatever happens, the TCP connection is closed at the end
                 routed = None  # (no complete request head in time: just close)
@@ -217,7 +231,7 @@ class Server:
                         self._refuse("handshake")
                         await self._plain(stream, 400, str(exc).encode())
                 if ws is not None:
-                    await self._websocket(ws, path, query)
+                    await self._websocket(ws, path, query, arrived)
         except BaseException as exc:  # noqa: BLE001 - sorted below; nothing escapes to other sessions
             if not isinstance(exc, Exception):
                 raise  # cancellation, KeyboardInterrupt
@@ -226,6 +240,8 @@ class Server:
                 _log.error("connection failed", exc_info=failed)
             elif gone is not None:
                 _log.debug("peer went away: %r", gone)
+        finally:
+            arrived()
 
     async def _route(self, stream: trio.abc.Stream) -> tuple[str, dict[str, str], bytes] | None:
         """Read the request head and answer every plain-HTTP case here (the page, errors).
@@ -328,15 +344,17 @@ class Server:
         page = resources.files("trioagent.web").joinpath("index.html").read_bytes()
         await self._plain(stream, 200, page, "text/html; charset=utf-8", head_only=head_only)
 
-    async def _websocket(self, ws: ServerWebSocket, path: str, query: dict[str, str]) -> None:
-        if self.active >= self.max_sessions or self._shutdown.is_set():
+    async def _websocket(self, ws: ServerWebSocket, path: str, query: dict[str, str], arrived: Callable[[], None]) -> None:
+        if self.active >= self.max_sessions:
+            arrived()
             self._refuse("capacity")
-            await self._close(ws, CloseCode.TRY_AGAIN_LATER, "server full: too many sessions" if not self._shutdown.is_set() else "server shutting down")
+            await self._close(ws, CloseCode.TRY_AGAIN_LATER, "server full: too many sessions")
             return
         conn = _Connection(ws)
         self._live.append(conn)
         self.active += 1
         self._open += 1
+        arrived()  # (now counted as a session)
         try:
             code, reason = await self._run_session(conn, path, query)
         except ProtocolError as exc:
