@@ -28,9 +28,13 @@ from .netkit import (
 )
 
 
-async def browser_conversation(listener: MemoryListener, token: str | None = None) -> Client:
+async def browser_conversation(listener: MemoryListener, token: str | None = None, *, stream: trio.abc.Stream | None = None) -> Client:
+    """One spoken question and its answer; on `stream` if given (a connection made earlier)."""
     async with trio.open_nursery() as nursery:
-        ws = await open_ws(nursery, listener, "/ws")
+        if stream is None:
+            ws = await open_ws(nursery, listener, "/ws")
+        else:
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, "localhost", "/ws")
         client = Client(ws)
         await ws.send_message(hello(token))
         nursery.start_soon(client.read)

@@ -274,21 +274,12 @@ async def test_a_connection_accepted_before_a_drain_is_served(autojump_clock: tr
     """A drain stops accepting, but a connection already accepted (a worker's supervisor handed
     it over just before a rolling restart drained that worker) is served, not refused: the
     drain waits for it like a session, within the grace."""
-    from trioagent.testing import silence, speech
-
     server, listener = await start_memory_server(nursery, grace=10.0)
     stream = await listener.connect()
     await trio.sleep(0.1)  # accepted; its request head is still to come
     server.shutdown()
     await trio.sleep(0.1)
     assert server.active == 0 and server._arriving == 1  # (the drain waits for it)
-    async with trio.open_nursery() as client_side:
-        ws = await trio_websocket.wrap_client_stream(client_side, stream, "localhost", "/ws")
-        client = Client(ws)
-        await ws.send_message(hello())
-        client_side.start_soon(client.read)
-        await client.send_audio(speech(1.0) + silence(3.0))
-        await ws.send_message(json.dumps({"type": "end"}))
-        await trio.sleep(1.0)
+    client = await browser_conversation(listener, stream=stream)
     assert [m["text"] for m in client.of("agent_text")] == ["Hi there. How can I help?"]
     assert client.closed is not None and client.closed.code == 1000 and server.refused == {}
