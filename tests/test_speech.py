@@ -427,3 +427,37 @@ async def test_provider_failures_and_timeouts_are_error_events(autojump_clock: t
     assert (e2.stage, e2.reason) == ("tts", "speech synthesis (BrokenTTS) failed")
     assert isinstance(e2.error, ProviderError) and isinstance(e2.error.__cause__, ValueError)
     assert [m.content for m in agent.chat_context.messages if m.role is ChatRole.ASSISTANT][-1] == "Works."
+
+
+class StallingTTS:
+    """Each frame `gap` seconds after the one before; after `frames` frames it hangs."""
+
+    sample_rate = 24000
+
+    def __init__(self, gap: float, frames: int) -> None:
+        self.gap, self.frames = gap, frames
+
+    async def synthesize(self, text: str) -> Any:
+        from trioagent.testing import ToneTTS
+
+        for n, frame in enumerate([f async for f in ToneTTS().synthesize(text)]):
+            if n == self.frames:
+                await trio.sleep_forever()
+            await trio.sleep(self.gap)
+            yield frame
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.3])
+async def test_the_tts_timeout_counts_from_the_last_frame(autojump_clock: trio.testing.MockClock, gap: float) -> None:
+    # One cancel scope serves the whole stream, its deadline moved on at each frame: a stream
+    # slower than the timeout in all (12 x 0.3 s against 1 s) is fine, and a stall is given up
+    # on the timeout after the last frame that came.
+    session, transport, _, _ = make_session(transcripts=["one"], script=["Fine, thanks for asking today."], pipeline_options={"tts_timeout": 1.0})
+    session.pipeline.tts = StallingTTS(gap, frames=12)  # type: ignore[attr-defined]
+    errors: list[tuple[float, Any]] = []
+    session.on("error", lambda e: errors.append((trio.current_time(), e)))
+    async with session:
+        await transport.send_user_audio(speech(1.0) + silence(8.0))
+    [(t, e)] = errors
+    assert e.stage == "tts" and isinstance(e.error, ProviderError)
+    assert t == at(1.5 + 12 * gap + 1.0)  # end of turn, 12 frames, then the 1 s timeout

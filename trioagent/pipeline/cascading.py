@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
@@ -511,7 +510,7 @@ class CascadingPipeline:
                 for piece in pieces:
                     (sentences.send_nowait if self.speak_before_tools else held.append)(piece)
 
-            async with aclosing(stream) as chunks:
+            async with stream as chunks:
                 async for chunk in chunks:
                     if isinstance(chunk, TextDelta):
                         if utterance.metrics.llm_first_token_at is None:
@@ -563,7 +562,7 @@ class CascadingPipeline:
                 if utterance.metrics.tts_started_at is None:
                     utterance.note(tts_started_at=trio.current_time())
                 duration = 0.0
-                async with aclosing(_bounded(self.tts.synthesize(piece.text), self.tts_timeout, "tts", type(self.tts).__name__)) as frames:
+                async with _bounded(self.tts.synthesize(piece.text), self.tts_timeout, "tts", type(self.tts).__name__) as frames:
                     async for frame in frames:
                         if utterance.metrics.tts_first_byte_at is None:
                             utterance.note(tts_first_byte_at=trio.current_time())
@@ -586,8 +585,16 @@ T = TypeVar("T")
 
 class _bounded(Generic[T]):  # noqa: N801 - used as a function
     """`stream`, where each item must come within `timeout` seconds, and any failure of the
-    provider is a `ProviderError` naming its `stage`. (A class, not an async generator: one
-    frame of a TTS passes through it in a few µs; the deadline is a bare `CancelScope`.)
+    provider is a `ProviderError` naming its `stage`. Used as
+    `async with _bounded(...) as items: async for item in items: ...`; leaving the block
+    closes the provider's stream.
+
+    One cancel scope covers the whole stream and its deadline is moved on at each item (a
+    scope per item cost a third of a TTS frame's way to the mixer: a reply of 50 frames
+    entered and left 50 scopes). The deadline is moved only once the clock has gone on by
+    1% of `timeout` since it was last set, so an item may be given up on up to 1% early; the
+    loop's body runs under the same deadline, so it must not wait long (the pipeline's push a
+    frame or a sentence).
 
     Raises:
         ProviderTimeout: an item took longer.
@@ -599,16 +606,36 @@ class _bounded(Generic[T]):  # noqa: N801 - used as a function
         self._timeout = timeout
         self._stage = stage
         self._provider = provider
+        self._scope = trio.CancelScope()
+        self._armed = -math.inf
+        self._slack = 0.01 * timeout if timeout is not None else math.inf
+
+    async def __aenter__(self) -> _bounded[T]:
+        if self._timeout is not None:
+            self._scope.__enter__()
+        return self
+
+    async def __aexit__(self, etype: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        timed_out = False
+        if self._timeout is not None:
+            self._scope.__exit__(etype, exc, tb)
+            timed_out = self._scope.cancelled_caught  # (its own deadline: nothing else cancels it)
+        await self.aclose()
+        if timed_out:
+            raise ProviderTimeout(f"{self._provider} gave nothing for {self._timeout:g} s", provider=self._provider, stage=self._stage) from None
+        return False
 
     def __aiter__(self) -> _bounded[T]:
         return self
 
     async def __anext__(self) -> T:
+        if self._timeout is not None:
+            now = trio.current_time()
+            if now - self._armed > self._slack:
+                self._scope.deadline = now + self._timeout
+                self._armed = now
         try:
-            if self._timeout is None:
-                return await anext(self._iterator)
-            with trio.CancelScope(deadline=trio.current_time() + self._timeout):
-                return await anext(self._iterator)
+            return await anext(self._iterator)
         except StopAsyncIteration:
             raise
         except ProviderError as exc:
@@ -616,7 +643,6 @@ class _bounded(Generic[T]):  # noqa: N801 - used as a function
             raise
         except Exception as exc:
             raise ProviderError(f"{self._provider} failed: {type(exc).__name__}", provider=self._provider, stage=self._stage) from exc
-        raise ProviderTimeout(f"{self._provider} gave nothing for {self._timeout:g} s", provider=self._provider, stage=self._stage)
 
     async def aclose(self) -> None:
         """Release the provider's stream (an async generator, as providers write them, has
