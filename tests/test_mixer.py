@@ -343,3 +343,26 @@ def test_any_pushes_play_every_sample_once_in_order(steps: list[int], loop: bool
             tick()
         cycles = pushed * (2 + 480 // max(1, len(pushed)))
         assert played[len(pushed) :] == cycles[: len(played) - len(pushed)]
+
+
+def test_silence_is_one_shared_read_only_frame_and_sources_still_mix() -> None:
+    mixer = Mixer(sample_rate=16000)
+    heard: list[AudioFrame] = []
+    mixer.tap = heard.append
+    a, b = mixer.mix(0.0), mixer.mix(0.02)
+    assert a.samples is b.samples and not a.samples.flags.writeable and not a.samples.any()
+    assert (a.timestamp, b.timestamp, len(a)) == (0.0, 0.02, 320) and heard == [a, b]
+    with pytest.raises(ValueError):
+        a.samples[0] = 1  # (nobody can change what every silent tick shares)
+    voice = mixer.add_source(16000, voice=True)
+    voice.push(AudioFrame(np.full(320, 1000, np.int16), 16000))
+    voice.end()
+    c = mixer.mix(0.04)
+    assert c.samples is not a.samples and c.samples.any() and c.samples.flags.writeable
+    ticks = 3
+    while mixer.sources:
+        assert mixer.mix(0.02 * ticks).samples is not a.samples
+        ticks += 1
+    assert mixer.mix(0.02 * ticks).samples is a.samples  # the source played out: shared silence again
+    assert mixer.statistics().ticks == ticks + 1 and len(heard) == ticks + 1  # (every tick counted and tapped)
+

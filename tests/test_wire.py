@@ -313,3 +313,23 @@ def test_the_unmasking_matches_the_rfc() -> None:
     data = bytearray(range(11))
     assert _unmask(data, key) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
     assert _unmask(bytearray(), key) == b""
+
+
+async def test_silence_is_encoded_once_and_other_audio_every_time(autojump_clock: trio.testing.MockClock) -> None:
+    from trioagent.audio import Mixer
+
+    ws, peer, _ = await open_pair()
+    transport = BrowserTransport(ws, Hello(16000, 24000, ""), mark_every=0)
+    silent = Mixer(sample_rate=24000).mix(0.0)  # (the mixer's shared read-only silence)
+    loud = AudioFrame(np.full(480, 7, np.int16), 24000)
+    for frame in (silent, silent, loud, silent):
+        assert transport.send_audio_nowait(frame)
+    assert transport._kept is not None and transport._kept[0] is silent.samples
+    encoded = ws._encode_droppable(transport._audio_message_of(silent))
+    assert ws._encode_droppable(transport._audio_message_of(silent)) is encoded  # made once, sent again
+    loud.samples[:] = 9  # (a writable array is never kept: the same object may hold new audio)
+    assert transport.send_audio_nowait(loud)
+    await peer.read_until(lambda: len(peer.messages) == 5)
+    assert peer.messages == [bytes(960), bytes(960), np.full(480, 7, "<i2").tobytes(), bytes(960), np.full(480, 9, "<i2").tobytes()]
+    await peer.stream.aclose()
+    await ws.aclose()

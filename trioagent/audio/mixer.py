@@ -28,7 +28,7 @@ import numpy as np
 import soxr
 import trio
 
-from .frame import FRAME_DURATION, AudioFrame, Float32Array
+from .frame import FRAME_DURATION, AudioFrame, Float32Array, Int16Array
 from .polyphase import Polyphase
 
 __all__ = ["Mixer", "MixerSource", "MixerStatistics", "TickClock"]
@@ -313,6 +313,7 @@ class Mixer:
     _steps: Float32Array = attrs.field(init=False)
     _fade_step: float = attrs.field(init=False)
     _acc: Float32Array = attrs.field(init=False)
+    _silence: Int16Array = attrs.field(init=False)
     _duck: float = attrs.field(init=False)
     tap: Callable[[AudioFrame], None] | None = attrs.field(init=False, default=None)
     """Called with each mixed frame as it is made (the session's ``on_speech_out``); None: nothing."""
@@ -331,6 +332,8 @@ class Mixer:
         self._steps = np.arange(1, n + 1, dtype=np.float32)
         self._fade_step = 1.0 / (self.fade_duration * self.sample_rate)
         self._acc = np.zeros(n, np.float32)
+        self._silence = np.zeros(n, np.int16)
+        self._silence.flags.writeable = False  # (shared by every silent frame: read-only)
         self._duck = float(10.0 ** (self.duck_db / 20.0))
 
     @property
@@ -371,13 +374,23 @@ class Mixer:
 
     # -- the core ---------------------------------------------------------------------------
     def mix(self, now: float) -> AudioFrame:
-        """Mix one frame starting at time `now` (seconds on the session clock). Not a checkpoint."""
+        """Mix one frame starting at time `now` (seconds on the session clock). Not a checkpoint.
+
+        With no source, the frame's samples are one shared read-only array of zeros (the same
+        object at every such tick: a transport may keep what it made of it)."""
+        sources = self._sources
+        if not sources and self._duck_level == 1.0:
+            # Silence, most of a call's ticks: none of the work below.
+            self._ticks += 1
+            frame = AudioFrame._trusted(self._silence, self.sample_rate, 1, now)
+            if self.tap is not None:
+                self.tap(frame)
+            return frame
         n = self._frame_samples
         step = self._fade_step
         steps = self._steps
         acc = self._acc
         acc.fill(0.0)
-        sources = self._sources
         voice_on = False
         for s in sources:
             if s.voice and s._audible and not s._stopping and not s._paused:

@@ -93,6 +93,7 @@ class ServerWebSocket:
         self._partial = b""  # the unwritten end of a write already begun
         self._urgent: collections.deque[bytes] = collections.deque(maxlen=MAX_URGENT)
         self._droppable: collections.deque[bytes] = collections.deque()
+        self._last_encoded: tuple[str | bytes, bytes] = (b"", _frame(0x2, b""))  # (a message, its frame)
         self._writing = False
         self._output_shut = False
         self._wake = trio.Event()
@@ -296,6 +297,16 @@ class ServerWebSocket:
     def _encode(message: str | bytes) -> bytes:
         return _frame(0x1, message.encode()) if isinstance(message, str) else _frame(0x2, message)
 
+    def _encode_droppable(self, message: str | bytes) -> bytes:
+        """`_encode`, kept for the last message: audio of silence is the same message object
+        tick after tick (see `_WebSocketTransport._audio_message_of`)."""
+        last = self._last_encoded
+        if last[0] is message:
+            return last[1]
+        frame = self._encode(message)
+        self._last_encoded = (message, frame)
+        return frame
+
     def _push_urgent(self, frame: bytes) -> None:
         self._urgent.append(frame)
         self._wake.set()
@@ -319,13 +330,13 @@ class ServerWebSocket:
             return True
         if self._socket is not None and not (self._writing or self._partial or self._droppable):
             # The usual case: nothing under way, so write now, without a task switch.
-            data = b"".join([*self._urgent, *(self._encode(m) for m in messages)])
+            data = b"".join([*self._urgent, *(self._encode_droppable(m) for m in messages)])
             self._urgent.clear()
             self._partial = data[self._write_now(data) :]
             if self._partial:
                 self._wake.set()
             return True
-        self._droppable.extend(self._encode(m) for m in messages)
+        self._droppable.extend(self._encode_droppable(m) for m in messages)
         self._wake.set()
         return len(self._droppable) < self.max_queued
 

@@ -83,6 +83,7 @@ class _WebSocketTransport:
         self._marks_pending: dict[str, None] = {}  # oldest first; a peer may never echo (optional)
         self._next_start = -math.inf
         self._remainder = np.zeros(0, np.int16)
+        self._kept: tuple[object, str | bytes] | None = None  # (a read-only frame's samples, its message)
 
     @property
     def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
@@ -103,8 +104,22 @@ class _WebSocketTransport:
             self._marks_pending[name] = None
             if len(self._marks_pending) > _MAX_PENDING_MARKS:
                 del self._marks_pending[next(iter(self._marks_pending))]
-            return (self._audio_message(frame), self._mark_message(name))
-        return (self._audio_message(frame),)
+            return (self._audio_message_of(frame), self._mark_message(name))
+        return (self._audio_message_of(frame),)
+
+    def _audio_message_of(self, frame: AudioFrame) -> str | bytes:
+        """`_audio_message`, kept for a frame whose samples are read-only (the mixer's silence:
+        one shared array, most of a call's ticks) and made again only for other samples."""
+        samples = frame.samples
+        kept = self._kept
+        if kept is not None and kept[0] is samples:
+            return kept[1]
+        message = self._audio_message(frame)
+        if not samples.flags.writeable and self._keeps_audio_messages:
+            self._kept = (samples, message)
+        return message
+
+    _keeps_audio_messages = True  # (False where a message is more than its samples: a Realtime delta's ids)
 
     async def send_audio(self, frame: AudioFrame) -> None:
         """Send a frame (one non-blocking write, usually), after waiting while the queue is
@@ -444,6 +459,8 @@ class RealtimeTransport(_WebSocketTransport):
         if self._response is None:
             return ()  # nothing is being said: no response to carry it
         return super()._messages_for(frame)
+
+    _keeps_audio_messages = False  # (each delta names its response and item)
 
     def _audio_message(self, frame: AudioFrame) -> str:
         assert self._response is not None
