@@ -66,6 +66,12 @@ _INPUT_SLACK = FRAME_DURATION
 STT_QUEUE = 250
 TRANSCRIPT_QUEUE = 100
 EVENT_QUEUE = 1000
+# A TTS that hands over audio faster than real time (a whole reply at once, as ToneTTS and the
+# fast cloud voices do) yields to the other tasks after each slice of this much audio pushed:
+# often enough that a reply of any length never holds the loop (0.1 s of voice is a few
+# frames' work), seldom enough that a reply is not 50 task steps a second of voice, which is
+# what a burst of turns that end together costs (NOTES.md, "Capacity ... fourth part").
+PUSH_SLICE = 0.1
 
 
 @attrs.define(eq=False)
@@ -554,6 +560,7 @@ class CascadingPipeline:
         """Synthesise sentences as they come and play them; return when played out."""
         utterance.open_voice(self.tts.sample_rate)
         audio = 0.0
+        unyielded = 0.0  # seconds of audio pushed since the last checkpoint
         async with pieces:
             async for piece in pieces:
                 if piece.child is not None:
@@ -567,10 +574,12 @@ class CascadingPipeline:
                         if utterance.metrics.tts_first_byte_at is None:
                             utterance.note(tts_first_byte_at=trio.current_time())
                         utterance.push_audio(frame)
-                        duration += frame.duration
-                        # A TTS that hands over a whole reply at once (no wait between frames)
-                        # must not hold the loop: other sessions' ticks come first.
-                        await trio.lowlevel.checkpoint()
+                        seconds = frame.duration
+                        duration += seconds
+                        unyielded += seconds
+                        if unyielded >= PUSH_SLICE:  # (see PUSH_SLICE)
+                            unyielded = 0.0
+                            await trio.lowlevel.checkpoint()
                 utterance.spoken(piece.text, duration, piece.message)
                 audio += duration
                 utterance.note(tts_audio_seconds=audio)
