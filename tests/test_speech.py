@@ -461,3 +461,34 @@ async def test_the_tts_timeout_counts_from_the_last_frame(autojump_clock: trio.t
     [(t, e)] = errors
     assert e.stage == "tts" and isinstance(e.error, ProviderError)
     assert t == at(1.5 + 12 * gap + 1.0)  # end of turn, 12 frames, then the 1 s timeout
+
+
+async def test_a_whole_reply_handed_over_at_once_is_pushed_in_slices(autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ToneTTS hands over 1 s of voice in 20 ms frames without waiting; `_speak` pushes it
+    # 0.1 s at a time between checkpoints, so the rest of the loop (other sessions' ticks and
+    # turns) runs in between: never more than 5 frames in one task step.
+    from trioagent.audio.mixer import MixerSource
+    from trioagent.pipeline.cascading import PUSH_SLICE
+
+    steps = [0]
+
+    class CountSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            steps[0] += 1
+
+    pushes: list[int] = []  # the task step of each voice frame pushed
+    push = MixerSource.push
+
+    def counted(self: MixerSource, frame: Any) -> None:
+        if self.voice:
+            pushes.append(steps[0])
+        push(self, frame)
+
+    monkeypatch.setattr(MixerSource, "push", counted)
+    session, transport, _, _ = make_session(transcripts=["one"], script=["Fine, thanks for asking."])
+    trio.lowlevel.add_instrument(CountSteps())
+    async with session:
+        await transport.send_user_audio(speech(1.0) + silence(3.0))
+    per_step = [pushes.count(step) for step in sorted(set(pushes))]
+    assert len(pushes) == 50  # 4 words: 1 s of 20 ms frames
+    assert max(per_step) == round(PUSH_SLICE / TICK) and len(per_step) == 10

@@ -46,6 +46,7 @@ class _WebSocketTransport:
 
     input_sample_rate: int
     output_sample_rate: int
+    _keeps_audio_messages = True  # (False where a message is more than its samples: a Realtime delta's ids)
 
     def __init__(
         self,
@@ -118,8 +119,6 @@ class _WebSocketTransport:
         if not samples.flags.writeable and self._keeps_audio_messages:
             self._kept = (samples, message)
         return message
-
-    _keeps_audio_messages = True  # (False where a message is more than its samples: a Realtime delta's ids)
 
     async def send_audio(self, frame: AudioFrame) -> None:
         """Send a frame (one non-blocking write, usually), after waiting while the queue is
