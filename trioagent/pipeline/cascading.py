@@ -70,7 +70,7 @@ EVENT_QUEUE = 1000
 # fast cloud voices do) yields to the other tasks after each slice of this much audio pushed:
 # often enough that a reply of any length never holds the loop (0.1 s of voice is a few
 # frames' work), seldom enough that a reply is not 50 task steps a second of voice, which is
-# what a burst of turns that end together costs (NOTES.md, "Capacity ... fourth part").
+# what a burst of turns that end together costs (NOTES.md, "Capacity ... third part").
 PUSH_SLICE = 0.1
 
 
@@ -602,7 +602,7 @@ class _bounded(Generic[T]):  # noqa: N801 - used as a function
     scope per item cost a third of a TTS frame's way to the mixer: a reply of 50 frames
     entered and left 50 scopes). The deadline is moved only once the clock has gone on by
     1% of `timeout` since it was last set, so an item may be given up on up to 1% early; the
-    loop's body runs under the same deadline, so it must not wait long (the pipeline's push a
+    loop's body runs under the same deadline, so it must not wait long (the pipeline's bodies push a
     frame or a sentence).
 
     Raises:
