@@ -602,8 +602,8 @@ class _bounded(Generic[T]):  # noqa: N801 - used as a function
     scope per item cost a third of a TTS frame's way to the mixer: a reply of 50 frames
     entered and left 50 scopes). The deadline is moved only once the clock has gone on by
     1% of `timeout` since it was last set, so an item may be given up on up to 1% early; the
-    loop's body runs under the same deadline, so it must not wait long (the pipeline's bodies push a
-    frame or a sentence).
+    loop's body runs under the same deadline, so it must not wait long (the pipeline's
+    bodies push a frame or queue a sentence).
 
     Raises:
         ProviderTimeout: an item took longer.
