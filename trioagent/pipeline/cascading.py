@@ -626,10 +626,12 @@ class _bounded(Generic[T]):  # noqa: N801 - used as a function
 
     async def __aexit__(self, etype: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         timed_out = False
-        if self._timeout is not None:
-            self._scope.__exit__(etype, exc, tb)
-            timed_out = self._scope.cancelled_caught  # (its own deadline: nothing else cancels it)
-        await self.aclose()
+        try:
+            if self._timeout is not None:
+                self._scope.__exit__(etype, exc, tb)
+                timed_out = self._scope.cancelled_caught  # (its own deadline: nothing else cancels it)
+        finally:
+            await self.aclose()
         if timed_out:
             raise ProviderTimeout(f"{self._provider} gave nothing for {self._timeout:g} s", provider=self._provider, stage=self._stage) from None
         return False
