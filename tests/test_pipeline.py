@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 import trio
 
-from trioagent import Agent, ChatRole, ConversationFlow, ProviderError, TurnMetrics, function_tool
+from trioagent import Agent, AgentSession, AudioFrame, CascadingPipeline, ChatRole, ConversationFlow, ProviderError, TurnMetrics, function_tool
 from trioagent.chat import FunctionCall, FunctionCallOutput
-from trioagent.testing import ToolCall, silence, speech
+from trioagent.providers.base import TranscriptEvent
+from trioagent.testing import ScriptedLLM, ScriptedSTT, ToneTTS, ToolCall, silence, speech
+from trioagent.transports.memory import MemoryTransport
 
 from .kit import FADE, TICK, EventLog, about, at, make_session
 
@@ -304,3 +306,43 @@ async def test_a_developer_message_reaches_the_llm_as_such(autojump_clock: trio.
     assert [(m.role, m.content) for m in context.messages][:3] == [
         (ChatRole.SYSTEM, "Be brief."), (ChatRole.DEVELOPER, "The user is a tester."), (ChatRole.USER, "hello")]  # fmt: skip
     assert {"role": "developer", "content": "The user is a tester."} in context.to_openai()
+
+
+class ChunkRecordingSTT(ScriptedSTT):
+    """Notes each piece of audio it is given: (when, its timestamp, its duration)."""
+
+    def __init__(self, transcripts: list[str]) -> None:
+        super().__init__(transcripts)
+        self.chunks: list[tuple[float, float, float]] = []
+
+    async def run(self, audio: trio.abc.ReceiveChannel[AudioFrame], events: trio.abc.SendChannel[TranscriptEvent]) -> None:
+        send, receive = trio.open_memory_channel[AudioFrame](1000)
+
+        async def tap() -> None:
+            async with audio, send:
+                async for frame in audio:
+                    self.chunks.append((trio.current_time(), frame.timestamp, frame.duration))
+                    send.send_nowait(frame)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tap)
+            await super().run(receive, events)
+
+
+async def test_the_stt_hears_60_ms_chunks_cut_at_each_vad_event_and_at_the_end(autojump_clock: trio.testing.MockClock) -> None:
+    stt = ChunkRecordingSTT(["hello"])
+    transport = MemoryTransport()
+    session = AgentSession(Agent(), CascadingPipeline(stt=stt, llm=ScriptedLLM(["Hi."]), tts=ToneTTS()), transport=transport)
+    async with session:
+        await transport.send_user_audio(speech(1.02) + silence(1.0))
+        transport.end_user_audio()
+        await trio.sleep(1.0)
+    # Cut every 60 ms, and early where the VAD reports the start (0.1 s: 0.1 s of speech
+    # heard) and the end (1.32 s: 0.3 s of silence after 1.02 s), and where the input ends.
+    starts = [0.0, 0.06] + [0.1 + 0.06 * k for k in range(21)] + [1.32 + 0.06 * k for k in range(12)]
+    ends = starts[1:] + [2.02]
+    assert [(at(when), at(stamp), at(duration)) for when, stamp, duration in stt.chunks] == list(zip(ends, starts, [b - a for a, b in zip(starts, ends)]))
+    # Every sample once, in order (the chunks are back to back).
+    assert sum(round(duration * 16000) for _, _, duration in stt.chunks) == round(2.02 * 16000)
+    # The STT's final transcript (its own VAD: the same 0.3 s) is not held back by the chunking.
+    assert session.metrics[0].stt_final_latency == at(0.3)

@@ -245,8 +245,10 @@ async def test_a_hung_stt_ends_that_session_with_1011_and_an_error(autojump_cloc
         with pytest.raises(trio_websocket.ConnectionClosed):
             await client.send_audio(silence(30.0))
         gone = trio.current_time() - t
-    # 250 frames (5 s) wait for the STT, then 5 s more without it taking any: the session ends.
-    assert 10.0 <= gone <= 10.5
+    # The STT takes ten 60 ms chunks (0.6 s), 83 more (5 s) wait for it and one more is being
+    # handed over, then 5 s more without it taking any: the session ends (the last frame's
+    # 20 ms on the way in).
+    assert gone == pytest.approx(0.6 + 4.98 + 0.06 + 5.0 + 0.02)
     assert client.closed is not None and (client.closed.code, client.closed.reason) == (1011, "the agent failed")
     assert client.of("error") == [{"type": "error", "stage": "stt", "reason": "speech recognition (HungSTT) timed out", "fatal": True}]
     transport_frames = server.refused

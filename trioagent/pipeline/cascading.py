@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
+import numpy as np
 import trio
 
 from ..audio.frame import FRAME_DURATION, AudioFrame
@@ -61,9 +62,10 @@ _log = logging.getLogger("trioagent.pipeline")
 # Input arrives a frame at a time: at the barge-in deadline the last frame may still be in
 # flight, so speech that has lasted the minimum duration minus one frame counts as long enough.
 _INPUT_SLACK = FRAME_DURATION
-# Channel sizes, in items: frames for the STT (5 s of 20 ms frames, as much as a peer may send
-# ahead: back-pressure beyond), transcripts, and VAD + transcript events for the controller.
-STT_QUEUE = 250
+# Channel sizes, in items: chunks of audio for the STT (5 s of STT_CHUNK, below: as much as a
+# peer may send ahead, back-pressure beyond), transcripts, and VAD + transcript events for
+# the controller.
+STT_QUEUE = 83
 TRANSCRIPT_QUEUE = 100
 EVENT_QUEUE = 1000
 # A TTS that hands over audio faster than real time (a whole reply at once, as ToneTTS and the
@@ -72,6 +74,20 @@ EVENT_QUEUE = 1000
 # frames' work), seldom enough that a reply is not 50 task steps a second of voice, which is
 # what a burst of turns that end together costs (NOTES.md, "Capacity ... third part").
 PUSH_SLICE = 0.1
+# The STT hears the input in chunks of at least this much audio (three 20 ms frames), not a
+# frame at a time: a third of the STT's task steps, and a third of the messages a streaming
+# STT sends over its network (LiveKit's Deepgram plugin sends 50 ms). A chunk goes early
+# whenever the VAD reports a start or an end and when the input ends, so no turn waits on it;
+# words heard mid-speech come at most 40 ms later.
+STT_CHUNK = 0.06
+
+
+def _joined(frames: list[AudioFrame]) -> AudioFrame:
+    """The frames as one (mono, same rate, back to back), timed as the first."""
+    first = frames[0]
+    if len(frames) == 1:
+        return first
+    return AudioFrame._trusted(np.concatenate([f.samples for f in frames]), first.sample_rate, 1, first.timestamp)
 
 
 @attrs.define(eq=False)
@@ -215,6 +231,9 @@ class CascadingPipeline:
         rate = transport.input_sample_rate
         to_stt = StreamResampler(rate, self.stt.sample_rate)
         to_vad = to_stt if self.vad.sample_rate == self.stt.sample_rate else StreamResampler(rate, self.vad.sample_rate)
+        pending: list[AudioFrame] = []  # for the STT: a chunk of STT_CHUNK, or up to a VAD event
+        pending_samples = 0
+        chunk_samples = round(STT_CHUNK * self.stt.sample_rate)
         async with stt_send, event_send:
             async for frame in transport.audio_in:
                 if frame.sample_rate != rate:
@@ -227,18 +246,29 @@ class CascadingPipeline:
                 vad_frame = stt_frame if to_vad is to_stt else to_vad.process(frame)
                 # VAD events first: the controller must see "speech started" before any
                 # transcript the STT makes from the same audio.
-                for event in self.vad.process(vad_frame):
+                events = self.vad.process(vad_frame)
+                for event in events:
                     await event_send.send(event)
-                try:
-                    stt_send.send_nowait(stt_frame)  # the common case: no task switch per frame
-                except trio.WouldBlock:
-                    # The STT is 5 s behind: back-pressure, but an STT that takes nothing for
-                    # `stt_stall_timeout` more is hung, and the session ends (1011 on a server).
-                    with trio.move_on_after(self.stt_stall_timeout) as waited:
-                        await stt_send.send(stt_frame)
-                    if waited.cancelled_caught:
-                        name = type(self.stt).__name__
-                        raise ProviderTimeout(f"{name} took no audio for {self.stt_stall_timeout:g} s", provider=name, stage="stt")
+                pending.append(stt_frame)
+                pending_samples += stt_frame.samples.shape[0]
+                if pending_samples >= chunk_samples or events:
+                    await self._to_stt(stt_send, _joined(pending))
+                    pending.clear()
+                    pending_samples = 0
+            if pending:
+                await self._to_stt(stt_send, _joined(pending))
+
+    async def _to_stt(self, stt_send: trio.MemorySendChannel[AudioFrame], frame: AudioFrame) -> None:
+        try:
+            stt_send.send_nowait(frame)  # the common case: no task switch
+        except trio.WouldBlock:
+            # The STT is 5 s behind: back-pressure, but an STT that takes nothing for
+            # `stt_stall_timeout` more is hung, and the session ends (1011 on a server).
+            with trio.move_on_after(self.stt_stall_timeout) as waited:
+                await stt_send.send(frame)
+            if waited.cancelled_caught:
+                name = type(self.stt).__name__
+                raise ProviderTimeout(f"{name} took no audio for {self.stt_stall_timeout:g} s", provider=name, stage="stt")
 
     async def _forward_transcripts(
         self,
