@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -9,7 +10,8 @@ import trio
 
 from trioagent import Agent, AgentSession, AudioFrame, CascadingPipeline, ChatRole, ConversationFlow, ProviderError, TurnMetrics, function_tool
 from trioagent.chat import FunctionCall, FunctionCallOutput
-from trioagent.providers.base import TranscriptEvent
+from trioagent.providers.base import TranscriptEvent, VADEvent
+from trioagent.providers.vad import EnergyVAD
 from trioagent.testing import ScriptedLLM, ScriptedSTT, ToneTTS, ToolCall, silence, speech
 from trioagent.transports.memory import MemoryTransport
 
@@ -346,3 +348,95 @@ async def test_the_stt_hears_60_ms_chunks_cut_at_each_vad_event_and_at_the_end(a
     assert sum(round(duration * 16000) for _, _, duration in stt.chunks) == round(2.02 * 16000)
     # The STT's final transcript (its own VAD: the same 0.3 s) is not held back by the chunking.
     assert session.metrics[0].stt_final_latency == at(0.3)
+
+
+class PausingSTT(ChunkRecordingSTT):
+    """Takes no audio for `pause` seconds after the first chunk that ends at `at` or later."""
+
+    def __init__(self, transcripts: list[str], at: float, pause: float) -> None:
+        super().__init__(transcripts)
+        self.at, self.pause = at, pause
+
+    async def run(self, audio: trio.abc.ReceiveChannel[AudioFrame], events: trio.abc.SendChannel[TranscriptEvent]) -> None:
+        async def paused() -> AsyncIterator[AudioFrame]:
+            async for chunk in audio:
+                yield chunk
+                if self.pause and chunk.end_time >= self.at - 1e-9:
+                    await trio.sleep(self.pause)
+                    self.pause = 0.0
+
+        send, receive = trio.open_memory_channel[AudioFrame](0)
+
+        async def pump() -> None:
+            async with send:
+                async for chunk in paused():
+                    await send.send(chunk)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            await super().run(receive, events)
+
+
+class StepTimes(trio.abc.Instrument):
+    """When each task whose name ends with `name` took a step."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.times: list[float] = []
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.name):
+            self.times.append(trio.current_time())
+
+    def between(self, a: float, b: float) -> int:
+        return sum(a <= t < b for t in self.times)
+
+
+async def test_input_is_heard_in_the_senders_task_and_queued_in_order_while_the_stt_is_behind(autojump_clock: trio.testing.MockClock) -> None:
+    stt = PausingSTT(["hello"], at=1.0, pause=6.0)
+    transport = MemoryTransport()
+    session = AgentSession(Agent(), CascadingPipeline(stt=stt, llm=ScriptedLLM(["Hi."]), tts=ToneTTS()), transport=transport)
+    steps = StepTimes("_run_pipeline")  # the task that runs the pipeline's input loop
+    async with session:
+        trio.lowlevel.add_instrument(steps)
+        await transport.send_user_audio(silence(8.0) + speech(1.0) + silence(3.0))
+        trio.lowlevel.remove_instrument(steps)
+    # While the STT keeps up, the sender's task hears each frame: the pipeline's input loop
+    # takes no step. The STT takes nothing from 1.06 s to 7.06 s: its queue (5 s) is full
+    # from about 6.06 s, frames then wait on `audio_in` for the input loop, which hands them
+    # on as the STT takes them again; once it has caught up, the sender's task hears them again.
+    assert steps.between(0.0, 6.0) == 0
+    assert steps.between(6.1, 7.1) > 10
+    assert steps.between(7.5, 12.0) == 0
+    # Every sample reached the STT once, in order; the turn was heard and answered.
+    stamps = [(stamp, duration) for _, stamp, duration in stt.chunks]
+    assert all(b[0] == at(a[0] + a[1]) for a, b in zip(stamps, stamps[1:]))
+    assert sum(round(duration * 16000) for _, duration in stamps) == round(12.0 * 16000)
+    assert [m.user_text for m in session.metrics] == ["hello"]
+
+
+class BreakingVAD(EnergyVAD):
+    """Raises on its `n`th frame."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def process(self, frame: AudioFrame) -> list[VADEvent]:
+        self.n -= 1
+        if self.n == 0:
+            raise RuntimeError("the VAD broke")
+        return super().process(frame)
+
+
+async def test_a_failure_while_hearing_in_the_senders_task_fails_the_pipeline_not_the_sender(autojump_clock: trio.testing.MockClock) -> None:
+    transport = MemoryTransport()
+    pipeline = CascadingPipeline(stt=ScriptedSTT([]), llm=ScriptedLLM([]), tts=ToneTTS(), vad=BreakingVAD(10))
+    session = AgentSession(Agent(), pipeline, transport=transport)
+    closed: list[float] = []
+    session.on("close", lambda _: closed.append(trio.current_time()))
+    async with session:
+        await transport.send_user_audio(silence(0.2))  # the VAD breaks on the last: the sender's task goes on
+        await session.wait_closed()
+    assert isinstance(session.failure, RuntimeError) and str(session.failure) == "the VAD broke"
+    assert closed == [at(0.2)]  # at the 10th frame

@@ -48,6 +48,7 @@ from ..providers.base import LLM, STT, TTS, VAD, TextDelta, ToolCall, Transcript
 from ..providers.turn import SilenceTurnDetector
 from ..providers.vad import EnergyVAD
 from ..scheduler import UserSpeechEffect, UtteranceState
+from ..transports.base import DirectInput
 from ..sentences import SentenceSplitter
 from ..utterance import UserTurn, Utterance, UtteranceHandle
 from ._tools import run_tool_calls
@@ -88,6 +89,135 @@ def _joined(frames: list[AudioFrame]) -> AudioFrame:
     if len(frames) == 1:
         return first
     return AudioFrame._trusted(np.concatenate([f.samples for f in frames]), first.sample_rate, 1, first.timestamp)
+
+
+@attrs.define(eq=False)
+class _Ears:
+    """The pipeline's input side: each frame of user audio to the VAD (its events to the
+    controller) and, in chunks of `STT_CHUNK`, to the STT.
+
+    A frame is heard by `hear`, which never waits: what cannot be handed on at once (the STT or
+    the controller is behind) is owed and paid by `listen`'s task, which waits for it. With a
+    `DirectInput` transport, frames are heard in the transport's reader task (`_hook`), one
+    task switch less per frame; the hook refuses a frame (the transport queues it on
+    `audio_in`, for `listen`) while anything is owed, while `listen` is busy with a frame of
+    its own, and after a failure, which `listen` then raises in the pipeline's task.
+    """
+
+    pipeline: CascadingPipeline
+    stt_send: trio.MemorySendChannel[AudioFrame]
+    event_send: trio.MemorySendChannel[VADEvent | TranscriptEvent]
+    _rate: int = attrs.field(init=False)
+    _to_stt: StreamResampler = attrs.field(init=False)
+    _to_vad: StreamResampler = attrs.field(init=False)
+    _chunk_size: int = attrs.field(init=False)  # samples (at the STT's rate) in a chunk
+    _chunk: list[AudioFrame] = attrs.field(init=False, factory=list)  # for the STT: up to STT_CHUNK, or a VAD event
+    _chunk_samples: int = attrs.field(init=False, default=0)
+    _owed_events: list[VADEvent] = attrs.field(init=False, factory=list)
+    _owed_stt: AudioFrame | None = attrs.field(init=False, default=None)
+    _heard: AudioFrame | None = attrs.field(init=False, default=None)  # heard by the hook, then refused: `listen` skips it
+    _failure: Exception | None = attrs.field(init=False, default=None)  # raised by `hear` in the hook: `listen` raises it
+    _busy: bool = attrs.field(init=False, default=False)  # `listen` is between taking a frame and being done with it
+
+    def __attrs_post_init__(self) -> None:
+        pipeline = self.pipeline
+        assert pipeline.vad is not None
+        self._rate = pipeline.host.transport.input_sample_rate
+        stt_rate = pipeline.stt.sample_rate
+        self._to_stt = StreamResampler(self._rate, stt_rate)
+        self._to_vad = self._to_stt if pipeline.vad.sample_rate == stt_rate else StreamResampler(self._rate, pipeline.vad.sample_rate)
+        self._chunk_size = round(STT_CHUNK * stt_rate)
+
+    async def listen(self) -> None:
+        """Until the input ends. Raises what hearing a frame raised, and `ProviderTimeout`
+        for an STT that takes no audio for `stt_stall_timeout`."""
+        transport = self.pipeline.host.transport
+        direct: DirectInput | None = transport if isinstance(transport, DirectInput) else None
+        if direct is not None:
+            direct.input_hook = self._hook
+        try:
+            async for frame in transport.audio_in:
+                self._busy = True
+                if frame is self._heard:
+                    self._heard = None
+                else:
+                    await self._pay()  # (owed before this frame: nothing when the hook refused it)
+                    self.hear(frame)
+                if self._failure is not None:
+                    failure, self._failure = self._failure, None
+                    raise failure
+                await self._pay()
+                self._busy = False
+        finally:
+            if direct is not None:
+                direct.input_hook = None
+        await self._pay()
+        if self._chunk:
+            self._owed_stt = _joined(self._chunk)
+            self._chunk.clear()
+            await self._pay()
+
+    def _hook(self, frame: AudioFrame) -> bool:
+        if self._busy or self._owed_events or self._owed_stt is not None or self._failure is not None:
+            return False
+        try:
+            self.hear(frame)
+        except Exception as exc:  # raised by `listen`, in the pipeline's task
+            self._failure = exc
+        if self._failure is None and not self._owed_events and self._owed_stt is None:
+            return True
+        self._heard = frame
+        return False
+
+    def hear(self, frame: AudioFrame) -> None:
+        """The VAD hears `frame` and its events go to the controller; it joins the STT's chunk,
+        which goes when full or at a VAD event. Not a checkpoint: what cannot go now is owed."""
+        pipeline = self.pipeline
+        if frame.sample_rate != self._rate:
+            _log.error("dropped a %d Hz input frame: the transport said %d Hz", frame.sample_rate, self._rate)
+            return
+        if (tap := pipeline.host.speech_in) is not None:
+            tap(frame)
+        frame = frame.to_mono()
+        stt_frame = self._to_stt.process(frame)
+        vad_frame = stt_frame if self._to_vad is self._to_stt else self._to_vad.process(frame)
+        # VAD events first: the controller must see "speech started" before any transcript the
+        # STT makes from the same audio.
+        assert pipeline.vad is not None
+        events = pipeline.vad.process(vad_frame)
+        for event in events:
+            if self._owed_events:
+                self._owed_events.append(event)
+                continue
+            try:
+                self.event_send.send_nowait(event)
+            except trio.WouldBlock:
+                self._owed_events.append(event)
+        self._chunk.append(stt_frame)
+        self._chunk_samples += stt_frame.samples.shape[0]
+        if self._chunk_samples >= self._chunk_size or events:
+            chunk = _joined(self._chunk)
+            self._chunk.clear()
+            self._chunk_samples = 0
+            try:
+                self.stt_send.send_nowait(chunk)  # the common case: no task switch
+            except trio.WouldBlock:
+                self._owed_stt = chunk
+
+    async def _pay(self) -> None:
+        """Hand on what `hear` could not: wait for the controller and the STT."""
+        while self._owed_events:
+            await self.event_send.send(self._owed_events.pop(0))
+        if (chunk := self._owed_stt) is not None:
+            # The STT is 5 s behind: back-pressure, but an STT that takes nothing for
+            # `stt_stall_timeout` more is hung, and the session ends (1011 on a server).
+            pipeline = self.pipeline
+            with trio.move_on_after(pipeline.stt_stall_timeout) as waited:
+                await self.stt_send.send(chunk)
+            if waited.cancelled_caught:
+                name = type(pipeline.stt).__name__
+                raise ProviderTimeout(f"{name} took no audio for {pipeline.stt_stall_timeout:g} s", provider=name, stage="stt")
+            self._owed_stt = None
 
 
 @attrs.define(eq=False)
@@ -219,56 +349,8 @@ class CascadingPipeline:
             nursery.start_soon(self._forward_transcripts, transcript_receive, event_send.clone())
             nursery.start_soon(self._control, event_receive)
             task_status.started()
-            await self._read_input(stt_send, event_send)
-
-    async def _read_input(
-        self,
-        stt_send: trio.MemorySendChannel[AudioFrame],
-        event_send: trio.MemorySendChannel[VADEvent | TranscriptEvent],
-    ) -> None:
-        assert self.vad is not None
-        transport = self.host.transport
-        rate = transport.input_sample_rate
-        to_stt = StreamResampler(rate, self.stt.sample_rate)
-        to_vad = to_stt if self.vad.sample_rate == self.stt.sample_rate else StreamResampler(rate, self.vad.sample_rate)
-        pending: list[AudioFrame] = []  # for the STT: a chunk of STT_CHUNK, or up to a VAD event
-        pending_samples = 0
-        chunk_samples = round(STT_CHUNK * self.stt.sample_rate)
-        async with stt_send, event_send:
-            async for frame in transport.audio_in:
-                if frame.sample_rate != rate:
-                    _log.error("dropped a %d Hz input frame: the transport said %d Hz", frame.sample_rate, rate)
-                    continue
-                if (tap := self.host.speech_in) is not None:
-                    tap(frame)
-                frame = frame.to_mono()
-                stt_frame = to_stt.process(frame)
-                vad_frame = stt_frame if to_vad is to_stt else to_vad.process(frame)
-                # VAD events first: the controller must see "speech started" before any
-                # transcript the STT makes from the same audio.
-                events = self.vad.process(vad_frame)
-                for event in events:
-                    await event_send.send(event)
-                pending.append(stt_frame)
-                pending_samples += stt_frame.samples.shape[0]
-                if pending_samples >= chunk_samples or events:
-                    await self._to_stt(stt_send, _joined(pending))
-                    pending.clear()
-                    pending_samples = 0
-            if pending:
-                await self._to_stt(stt_send, _joined(pending))
-
-    async def _to_stt(self, stt_send: trio.MemorySendChannel[AudioFrame], frame: AudioFrame) -> None:
-        try:
-            stt_send.send_nowait(frame)  # the common case: no task switch
-        except trio.WouldBlock:
-            # The STT is 5 s behind: back-pressure, but an STT that takes nothing for
-            # `stt_stall_timeout` more is hung, and the session ends (1011 on a server).
-            with trio.move_on_after(self.stt_stall_timeout) as waited:
-                await stt_send.send(frame)
-            if waited.cancelled_caught:
-                name = type(self.stt).__name__
-                raise ProviderTimeout(f"{name} took no audio for {self.stt_stall_timeout:g} s", provider=name, stage="stt")
+            async with stt_send, event_send:
+                await _Ears(self, stt_send, event_send).listen()
 
     async def _forward_transcripts(
         self,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import trio
 
 from ..audio.frame import AudioFrame
 
-__all__ = ["Transport", "PlayoutTracking", "NullTransport"]
+__all__ = ["Transport", "PlayoutTracking", "NullTransport", "DirectInput", "InputHandOff"]
 
 
 @runtime_checkable
@@ -94,6 +95,49 @@ class NowaitAudio(Protocol):
     async def wait_send_space(self) -> None:
         """Until `send_audio_nowait` may be called again."""
         ...
+
+
+@runtime_checkable
+class DirectInput(Protocol):
+    """A transport that can hand each input frame to the session's listener in the task that
+    read it (the socket reader, say) instead of through `audio_in`: one task switch and channel
+    hop less per 20 ms of audio (NOTES.md, "Capacity ... fourth part").
+
+    While `input_hook` is set, each frame is offered to it first; the hook returns False for a
+    frame it does not take now (it would have to wait), which then goes through `audio_in`, as
+    does every later frame until `audio_in` is empty again: frames arrive in order either way.
+    """
+
+    input_hook: Callable[[AudioFrame], bool] | None
+
+
+class InputHandOff:
+    """`audio_in` and `DirectInput.input_hook` together, for a transport's input side."""
+
+    def __init__(self, size: float) -> None:
+        self.send, self.receive = trio.open_memory_channel[AudioFrame](size)
+        self.hook: Callable[[AudioFrame], bool] | None = None
+        self._queued = False  # frames may be waiting in the channel: the hook waits for them
+
+    def offer(self, frame: AudioFrame) -> bool:
+        """Hand `frame` to the hook or queue it; False when the channel is full (the caller
+        then waits with ``await self.send.send(frame)``). Not a checkpoint.
+
+        Raises:
+            trio.ClosedResourceError: input was closed.
+        """
+        hook = self.hook
+        if hook is not None:
+            if self._queued and self.send.statistics().current_buffer_used == 0:
+                self._queued = False
+            if not self._queued and hook(frame):
+                return True
+        self._queued = True
+        try:
+            self.send.send_nowait(frame)
+        except trio.WouldBlock:
+            return False
+        return True
 
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import trio
 
 from ..audio.frame import AudioFrame
+from .base import InputHandOff
 
 __all__ = ["MemoryTransport"]
 
@@ -24,7 +25,8 @@ class MemoryTransport:
     def __init__(self, input_sample_rate: int = 16000, output_sample_rate: int = 24000) -> None:
         self.input_sample_rate = input_sample_rate
         self.output_sample_rate = output_sample_rate
-        self._send, self._receive = trio.open_memory_channel[AudioFrame](math.inf)
+        self._input = InputHandOff(math.inf)  # (`audio_in`, or the session's hook: `DirectInput`)
+        self._send = self._input.send
         self.output: list[AudioFrame] = []
         """Every frame the session sent, stamped with the tick time it was mixed for."""
         self.clears: list[float] = []
@@ -35,7 +37,16 @@ class MemoryTransport:
     # -- the session's side ---------------------------------------------------------------
     @property
     def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
-        return self._receive
+        return self._input.receive
+
+    @property
+    def input_hook(self) -> Callable[[AudioFrame], bool] | None:
+        """See `DirectInput`: frames go to the session in the task that sends them."""
+        return self._input.hook
+
+    @input_hook.setter
+    def input_hook(self, hook: Callable[[AudioFrame], bool] | None) -> None:
+        self._input.hook = hook
 
     async def send_audio(self, frame: AudioFrame) -> None:
         """Record the frame. A cancellation point only: appending to a list never blocks, and
@@ -84,7 +95,7 @@ class MemoryTransport:
     def _deliver(self, frame: AudioFrame, t: float) -> None:
         if frame.sample_rate != self.input_sample_rate:
             raise ValueError(f"this transport takes {self.input_sample_rate} Hz input, got {frame.sample_rate} Hz")
-        self._send.send_nowait(AudioFrame(frame.samples, frame.sample_rate, frame.channels, t))
+        self._input.offer(AudioFrame(frame.samples, frame.sample_rate, frame.channels, t))  # (never full)
 
     # -- reading the recording --------------------------------------------------------------
     def voice_segments(self, threshold: float = 0.01, min_gap: float = 0.05) -> list[tuple[float, float]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from ..chat import ChatMessage, ChatRole
 from ..errors import CloseCode, ProtocolError
 from ..events import AgentSpeechStarted
 from ._wire import ConnectionClosed, ServerWebSocket
+from .base import InputHandOff
 
 if TYPE_CHECKING:
     from ..agent import AgentSessionAPI
@@ -65,7 +67,8 @@ class _WebSocketTransport:
         self.max_ahead = max_ahead  # seconds of audio a peer may send ahead of real time (bursts)
         self._session: weakref.ref[AgentSessionAPI] | None = None  # (weak: the session owns the transport)
         self.max_frame_duration = max_frame_duration
-        self._in_send, self._in_receive = trio.open_memory_channel[AudioFrame](INPUT_QUEUE)
+        self._input = InputHandOff(INPUT_QUEUE)  # (`audio_in`, or the session's hook: `DirectInput`)
+        self._in_send = self._input.send
         self.control_rate = control_rate
         self.control_burst = control_burst
         self._allowance = float(control_burst)
@@ -88,7 +91,16 @@ class _WebSocketTransport:
 
     @property
     def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
-        return self._in_receive
+        return self._input.receive
+
+    @property
+    def input_hook(self) -> Callable[[AudioFrame], bool] | None:
+        """See `DirectInput`: frames go to the session in the reader's task."""
+        return self._input.hook
+
+    @input_hook.setter
+    def input_hook(self, hook: Callable[[AudioFrame], bool] | None) -> None:
+        self._input.hook = hook
 
     @property
     def session(self) -> AgentSessionAPI | None:
@@ -204,11 +216,10 @@ class _WebSocketTransport:
         frames = [AudioFrame._trusted(data[i : i + step], rate, 1, start + i / rate) for i in range(0, whole, step)]
         self._remainder = data[whole:].copy()
         self._next_start = start + whole / self.input_sample_rate
+        offer = self._input.offer
         for frame in frames:
             self.frames_in += 1
-            try:
-                self._in_send.send_nowait(frame)
-            except trio.WouldBlock:
+            if not offer(frame):
                 # The session is not taking audio (a hung STT: the session ends it): wait,
                 # and the peer's sends wait behind us (TCP back-pressure), nothing piles up.
                 await self._in_send.send(frame)
