@@ -161,8 +161,10 @@ class EnergyVAD:
         n = len(samples) // win
         if n == 0:
             return []
-        x = samples[: n * win].astype(np.float32).reshape(n, win)
+        x = (samples if len(samples) == n * win else samples[: n * win]).astype(np.float32).reshape(n, win)
         x *= x
-        # Loud windows: sum of squares over the threshold (times the window: no division).
-        loud = (np.add.reduce(x, axis=1) > self._threshold * win).tolist()  # (the ufunc: ndarray.sum adds a Python frame)
+        # Loud windows: sum of squares over the threshold (times the window: no division),
+        # compared in Python (a frame has two or three windows: less than a numpy call costs).
+        limit = self._threshold * win
+        loud = [e > limit for e in np.add.reduce(x, 1).tolist()]  # (the ufunc: ndarray.sum adds a Python frame)
         return self._segmenter.feed_windows(frame.timestamp, win / self.sample_rate, loud)

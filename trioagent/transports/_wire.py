@@ -28,7 +28,7 @@ import codecs
 import collections
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import attrs
 import trio
@@ -317,21 +317,24 @@ class ServerWebSocket:
         if self._ws.state is ConnectionState.OPEN and not self._output_shut:
             self._push_urgent(self._encode(message))
 
-    async def send_droppable(self, messages: Iterable[str | bytes]) -> None:
+    async def send_droppable(self, messages: Sequence[str | bytes]) -> None:
         """Send `messages` (audio), or queue them behind a write under way; waits first while
         `max_queued` are already queued. A checkpoint."""
         await self.wait_space()
         self.send_droppable_nowait(messages)
 
-    def send_droppable_nowait(self, messages: Iterable[str | bytes]) -> bool:
+    def send_droppable_nowait(self, messages: Sequence[str | bytes]) -> bool:
         """Send `messages` or queue them (even beyond `max_queued`); False when the queue is
         now full: wait with `wait_space` before more. Not a checkpoint."""
         if self._output_shut or self._ws.state is not ConnectionState.OPEN:
             return True
         if self._socket is not None and not (self._writing or self._partial or self._droppable):
             # The usual case: nothing under way, so write now, without a task switch.
-            data = b"".join([*self._urgent, *(self._encode_droppable(m) for m in messages)])
-            self._urgent.clear()
+            if len(messages) == 1 and not self._urgent:
+                data = self._encode_droppable(messages[0])  # (one frame of audio: most ticks)
+            else:
+                data = b"".join([*self._urgent, *(self._encode_droppable(m) for m in messages)])
+                self._urgent.clear()
             self._partial = data[self._write_now(data) :]
             if self._partial:
                 self._wake.set()

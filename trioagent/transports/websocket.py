@@ -207,15 +207,20 @@ class _WebSocketTransport:
         if start + duration - now > self.max_ahead:
             raise ProtocolError(f"audio arrives faster than real time (over {self.max_ahead:.0f} s ahead)", close_code=CloseCode.POLICY_VIOLATION)
         samples = np.ascontiguousarray(samples, np.int16)
-        data = np.concatenate([self._remainder, samples]) if len(self._remainder) else samples
-        step = round(self.input_sample_rate * self.frame_duration)
-        whole = len(data) - len(data) % step
         rate = self.input_sample_rate
+        step = round(rate * self.frame_duration)
         # (int16, one channel, contiguous slices of one array, the rate checked at the hello:
         # valid by construction, so no validation per frame)
-        frames = [AudioFrame._trusted(data[i : i + step], rate, 1, start + i / rate) for i in range(0, whole, step)]
-        self._remainder = data[whole:].copy()
-        self._next_start = start + whole / self.input_sample_rate
+        if len(samples) == step and not len(self._remainder):
+            # The usual message: one frame (a browser's or Twilio's 20 ms), nothing left over.
+            frames = [AudioFrame._trusted(samples, rate, 1, start)]
+            self._next_start = start + step / rate
+        else:
+            data = np.concatenate([self._remainder, samples]) if len(self._remainder) else samples
+            whole = len(data) - len(data) % step
+            frames = [AudioFrame._trusted(data[i : i + step], rate, 1, start + i / rate) for i in range(0, whole, step)]
+            self._remainder = data[whole:].copy()
+            self._next_start = start + whole / rate
         offer = self._input.offer
         for frame in frames:
             self.frames_in += 1
