@@ -338,6 +338,8 @@ async def test_the_stt_hears_60_ms_chunks_cut_at_each_vad_event_and_at_the_end(a
     async with session:
         await transport.send_user_audio(speech(1.02) + silence(1.0))
         transport.end_user_audio()
+        with pytest.raises(trio.ClosedResourceError):  # (not to the pipeline's hook either)
+            transport.send_user_audio_nowait(silence(0.02))
         await trio.sleep(1.0)
     # Cut every 60 ms, and early where the VAD reports the start (0.1 s: 0.1 s of speech
     # heard) and the end (1.32 s: 0.3 s of silence after 1.02 s), and where the input ends.

@@ -118,6 +118,12 @@ class InputHandOff:
         self.send, self.receive = trio.open_memory_channel[AudioFrame](size)
         self.hook: Callable[[AudioFrame], bool] | None = None
         self._queued = False  # frames may be waiting in the channel: the hook waits for them
+        self._closed = False
+
+    def close(self) -> None:
+        """No more input: `audio_in` ends once drained, and nothing more goes to the hook."""
+        self._closed = True
+        self.send.close()
 
     def offer(self, frame: AudioFrame) -> bool:
         """Hand `frame` to the hook or queue it; False when the channel is full (the caller
@@ -126,6 +132,8 @@ class InputHandOff:
         Raises:
             trio.ClosedResourceError: input was closed.
         """
+        if self._closed:
+            raise trio.ClosedResourceError("input was closed")
         hook = self.hook
         if hook is not None:
             if self._queued and self.send.statistics().current_buffer_used == 0:

@@ -26,7 +26,6 @@ class MemoryTransport:
         self.input_sample_rate = input_sample_rate
         self.output_sample_rate = output_sample_rate
         self._input = InputHandOff(math.inf)  # (`audio_in`, or the session's hook: `DirectInput`)
-        self._send = self._input.send
         self.output: list[AudioFrame] = []
         """Every frame the session sent, stamped with the tick time it was mixed for."""
         self.clears: list[float] = []
@@ -59,12 +58,12 @@ class MemoryTransport:
 
     async def hang_up(self) -> None:
         self.hung_up = True
-        self._send.close()
+        self._input.close()
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         self.closed = True
-        self._send.close()
+        self._input.close()
         await trio.lowlevel.checkpoint()
 
     # -- the test's side ------------------------------------------------------------------
@@ -90,7 +89,7 @@ class MemoryTransport:
 
     def end_user_audio(self) -> None:
         """The user's microphone is gone: close the input stream."""
-        self._send.close()
+        self._input.close()
 
     def _deliver(self, frame: AudioFrame, t: float) -> None:
         if frame.sample_rate != self.input_sample_rate:

@@ -249,7 +249,7 @@ class _WebSocketTransport:
             except ProtocolError as exc:
                 failure = exc  # raised bare below, not wrapped in the nursery's group
             finally:
-                self._in_send.close()
+                self._input.close()
                 self.ws.shut_output()  # from now on output is dropped, never waited on
                 nursery.cancel_scope.cancel()
         if failure is not None:
@@ -268,11 +268,11 @@ class _WebSocketTransport:
 
     async def hang_up(self) -> None:
         self.hung_up = True
-        self._in_send.close()
+        self._input.close()
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
-        self._in_send.close()
+        self._input.close()
         await trio.lowlevel.checkpoint()
 
 
@@ -328,7 +328,7 @@ class BrowserTransport(_WebSocketTransport):
             await session.send_text(control.name)
         else:
             self.hung_up = True
-            self._in_send.close()
+            self._input.close()
 
 
 class TwilioTransport(_WebSocketTransport):
@@ -382,7 +382,7 @@ class TwilioTransport(_WebSocketTransport):
                 session.dtmf_received(event.digit)
         elif isinstance(event, TwilioStop):
             self.hung_up = True
-            self._in_send.close()
+            self._input.close()
 
 
 class RealtimeTransport(_WebSocketTransport):
