@@ -116,6 +116,7 @@ def test_ducking_level() -> None:
     ramp = mixer.mix(0.02).samples
     assert ramp[0] < 10000 and ramp[-1] == round(10000 * 10 ** (-12 / 20))
     assert set(mixer.mix(0.04).samples.tolist()) == {2512}  # -12 dB = x0.2512
+    assert mixer._duck_level == mixer.duck_gain  # settled: no ramp is made at the next ticks
     for k in range(3, 30):
         mixer.mix(k * 0.02)  # the voice ends; the duck releases with a ramp
     assert set(mixer.mix(0.6).samples.tolist()) == {10000}

@@ -74,7 +74,10 @@ def _ramp(level: float, target: float, step: float, n: int, steps: Float32Array)
         env = np.minimum(level + step * steps, target)
     else:
         env = np.maximum(level - step * steps, target)
-    return env, float(env[-1])
+    end = float(env[-1])
+    # Reached: the target itself, not its float32 rounding (which would never equal it, and
+    # a ducked background would be ramped again at every tick of a voice).
+    return env, target if abs(end - target) < 1e-6 else end
 
 
 @attrs.define(eq=False)
