@@ -10,7 +10,7 @@ import trio
 
 from ..audio.frame import AudioFrame
 
-__all__ = ["Transport", "PlayoutTracking", "NullTransport", "DirectInput", "InputHandOff"]
+__all__ = ["Transport", "PlayoutTracking", "NullTransport", "DirectInput", "InputHandOff", "HandsInputOff"]
 
 
 @runtime_checkable
@@ -146,6 +146,26 @@ class InputHandOff:
         except trio.WouldBlock:
             return False
         return True
+
+
+class HandsInputOff:
+    """`audio_in` and `input_hook` (`DirectInput`) for a transport whose input side is the
+    `InputHandOff` in ``self._input``."""
+
+    _input: InputHandOff
+
+    @property
+    def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
+        return self._input.receive
+
+    @property
+    def input_hook(self) -> Callable[[AudioFrame], bool] | None:
+        """See `DirectInput`: frames go to the session in the task that delivers them."""
+        return self._input.hook
+
+    @input_hook.setter
+    def input_hook(self, hook: Callable[[AudioFrame], bool] | None) -> None:
+        self._input.hook = hook
 
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import trio
 
 from ..audio.frame import AudioFrame
-from .base import InputHandOff
+from .base import HandsInputOff, InputHandOff
 
 __all__ = ["MemoryTransport"]
 
 
-class MemoryTransport:
+class MemoryTransport(HandsInputOff):
     """A transport whose input comes from code and whose output is kept with its times.
 
     Args:
@@ -34,19 +34,6 @@ class MemoryTransport:
         self.closed = False
 
     # -- the session's side ---------------------------------------------------------------
-    @property
-    def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
-        return self._input.receive
-
-    @property
-    def input_hook(self) -> Callable[[AudioFrame], bool] | None:
-        """See `DirectInput`: frames go to the session in the task that sends them."""
-        return self._input.hook
-
-    @input_hook.setter
-    def input_hook(self, hook: Callable[[AudioFrame], bool] | None) -> None:
-        self._input.hook = hook
-
     async def send_audio(self, frame: AudioFrame) -> None:
         """Record the frame. A cancellation point only: appending to a list never blocks, and
         skipping the schedule point saves a task switch on every tick."""

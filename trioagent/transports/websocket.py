@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from ..chat import ChatMessage, ChatRole
 from ..errors import CloseCode, ProtocolError
 from ..events import AgentSpeechStarted
 from ._wire import ConnectionClosed, ServerWebSocket
-from .base import InputHandOff
+from .base import HandsInputOff, InputHandOff
 
 if TYPE_CHECKING:
     from ..agent import AgentSessionAPI
@@ -43,7 +42,7 @@ _ANSWER = "Answer the user."
 INPUT_QUEUE = 500  # 10 s of 20 ms input frames waiting for the session: beyond, reading waits
 
 
-class _WebSocketTransport:
+class _WebSocketTransport(HandsInputOff):
     """What both protocols share: the input channel, playout marks, the control rate limit."""
 
     input_sample_rate: int
@@ -88,19 +87,6 @@ class _WebSocketTransport:
         self._next_start = -math.inf
         self._remainder = np.zeros(0, np.int16)
         self._kept: tuple[object, str | bytes] | None = None  # (a read-only frame's samples, its message)
-
-    @property
-    def audio_in(self) -> trio.abc.ReceiveChannel[AudioFrame]:
-        return self._input.receive
-
-    @property
-    def input_hook(self) -> Callable[[AudioFrame], bool] | None:
-        """See `DirectInput`: frames go to the session in the reader's task."""
-        return self._input.hook
-
-    @input_hook.setter
-    def input_hook(self, hook: Callable[[AudioFrame], bool] | None) -> None:
-        self._input.hook = hook
 
     @property
     def session(self) -> AgentSessionAPI | None:
