@@ -91,7 +91,12 @@ def test_unknown_option_prints_the_subcommand_usage() -> None:
 
 @pytest.mark.parametrize("args", [["serve", "tests.netkit:factory", "--insecure", "--port", "0"], ["demo", "--out", "/tmp/trioagent-ctrl-c.wav"]])
 def test_ctrl_c_is_one_line_and_exit_130(args: list[str]) -> None:
-    process = subprocess.Popen([TRIOAGENT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    # As at a terminal: a runner started in the background (`cmd &` without job control) hands
+    # its children SIGINT ignored, and Python then leaves it ignored (the demo would run on).
+    process = subprocess.Popen(
+        [TRIOAGENT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         assert process.stdout is not None
         first = process.stdout.readline()  # it has started ("serving on ..." / "trioagent demo: ...")

@@ -48,8 +48,8 @@ from ..providers.base import LLM, STT, TTS, VAD, TextDelta, ToolCall, Transcript
 from ..providers.turn import SilenceTurnDetector
 from ..providers.vad import EnergyVAD
 from ..scheduler import UserSpeechEffect, UtteranceState
-from ..transports.base import DirectInput
 from ..sentences import SentenceSplitter
+from ..transports.base import DirectInput
 from ..utterance import UserTurn, Utterance, UtteranceHandle
 from ._tools import run_tool_calls
 
