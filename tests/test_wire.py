@@ -19,7 +19,7 @@ import wsproto.events as we
 
 from trioagent._proto.browser import Hello
 from trioagent.audio import AudioFrame
-from trioagent.transports._wire import ConnectionClosed, ServerWebSocket, _unmask
+from trioagent.transports._wire import MAX_UNREAD, ConnectionClosed, ReadPoller, ServerWebSocket, _unmask
 from trioagent.transports.websocket import BrowserTransport
 
 
@@ -332,4 +332,184 @@ async def test_silence_is_encoded_once_and_other_audio_every_time(autojump_clock
     await peer.read_until(lambda: len(peer.messages) == 5)
     assert peer.messages == [bytes(960), bytes(960), np.full(480, 7, "<i2").tobytes(), bytes(960), np.full(480, 9, "<i2").tobytes()]
     await peer.stream.aclose()
+    await ws.aclose()
+
+
+# -- the server's shared reader (ReadPoller) ---------------------------------------------------
+
+
+async def test_a_poller_hands_messages_over_in_its_task_in_order_and_wakes_the_reader_for_the_rest(autojump_clock: trio.testing.MockClock) -> None:
+    poller = ReadPoller()
+    handled: list[tuple[str, str | bytes]] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poller.run)
+        ws, peer, _ = await open_pair()
+        ws.read_with(poller)
+        assert len(poller) == 1
+
+        def take(message: str | bytes) -> bool:
+            if isinstance(message, str):
+                return False  # (left to the reader)
+            handled.append(("poller", message))
+            return True
+
+        ws.on_message = take
+        reader_steps = 0
+
+        async def reader() -> None:
+            nonlocal reader_steps
+            while True:
+                try:
+                    message = await ws.receive_message()
+                except ConnectionClosed:
+                    return
+                reader_steps += 1
+                assert message is not None
+                handled.append(("reader", message))
+
+        nursery.start_soon(reader)
+        await trio.sleep(0.01)  # (it waits: from now on the poller hands messages over)
+        for i in range(20):
+            await peer.send(bytes([i, 0]))
+            await trio.sleep(0.02)
+        assert reader_steps == 0  # every binary message went by the poller
+        # In one write: the poller takes the first, leaves the text and what follows it to the
+        # reader, which handles them in order.
+        await peer.stream.send_all(b"".join(peer.ws.send(m) for m in (we.BytesMessage(data=b"a1"), we.TextMessage(data="t"), we.BytesMessage(data=b"a2"))))
+        await trio.sleep(0.02)
+        assert handled[20:] == [("poller", b"a1"), ("reader", "t"), ("reader", b"a2")]
+        await peer.send(b"a3")  # (the reader waits again: the poller's turn)
+        await trio.sleep(0.02)
+        assert handled[-1] == ("poller", b"a3")
+        await peer.stream.aclose()  # the end: the reader hears it, the poller lets go
+        await trio.sleep(0.02)
+        assert ws.closed is not None and ws.closed.code == 1006 and len(poller) == 0
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+    assert handled[:20] == [("poller", bytes([i, 0])) for i in range(20)]
+
+
+async def test_a_poller_raises_a_connections_failure_in_its_reader_and_reads_the_others_on(autojump_clock: trio.testing.MockClock) -> None:
+    poller = ReadPoller()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poller.run)
+        (bad, bad_peer, _), (good, good_peer, _) = await open_pair(), await open_pair()
+        taken: list[str | bytes] = []
+
+        def fail(message: str | bytes) -> bool:
+            raise ValueError(f"cannot take {message!r}")
+
+        def keep(message: str | bytes) -> bool:
+            taken.append(message)
+            return True
+
+        for ws, take in ((bad, fail), (good, keep)):
+            ws.read_with(poller)
+            ws.on_message = take
+        failures: list[Exception] = []
+
+        async def read(ws: ServerWebSocket) -> None:
+            try:
+                while True:
+                    await ws.receive_message()
+            except (ValueError, ConnectionClosed) as exc:
+                failures.append(exc)
+
+        nursery.start_soon(read, bad)
+        nursery.start_soon(read, good)
+        await trio.sleep(0.01)
+        await bad_peer.send(b"x")
+        await good_peer.send(b"y")
+        await trio.sleep(0.01)
+        await good_peer.send(b"z")
+        await trio.sleep(0.01)
+        assert [str(e) for e in failures] == ["cannot take b'x'"]  # in the bad one's reader
+        assert taken == [b"y", b"z"]
+        nursery.cancel_scope.cancel()
+    for ws, peer in ((bad, bad_peer), (good, good_peer)):
+        await peer.stream.aclose()
+        await ws.aclose()
+
+
+async def test_a_busy_reader_stops_the_poller_reading_its_socket_and_nothing_is_lost(autojump_clock: trio.testing.MockClock) -> None:
+    poller = ReadPoller()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poller.run)
+        ws, peer, _ = await open_pair(small_buffers=True)
+        ws.max_message_size = 100_000
+        ws.read_with(poller)
+        sent = [i.to_bytes(2, "big") * 500 for i in range(200)]  # 200 kB: more than the socket buffers
+
+        async def send_all() -> None:
+            for message in sent:
+                await peer.send(message)
+
+        nursery.start_soon(send_all)
+        await trio.sleep(1.0)  # nobody reads: the poller reads up to MAX_UNREAD messages, then lets TCP hold the rest
+        assert MAX_UNREAD <= len(ws._messages) < MAX_UNREAD + 70
+        got = [await ws.get_message() for _ in sent]
+        assert got == sent
+        nursery.cancel_scope.cancel()
+    await peer.stream.aclose()
+    await ws.aclose()
+
+
+async def test_once_the_poller_stops_each_connection_reads_by_itself(autojump_clock: trio.testing.MockClock) -> None:
+    ws, peer, _ = await open_pair()
+    got: list[str | bytes] = []
+
+    async def reader() -> None:
+        got.append(await ws.get_message())
+        got.append(await ws.get_message())
+
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as polling:
+            poller = ReadPoller()
+            await polling.start(poller.run)
+            ws.read_with(poller)
+            outer.start_soon(reader)
+            await peer.send("one")
+            await trio.sleep(0.01)
+            assert got == ["one"]
+            polling.cancel_scope.cancel()  # (the reader waits for its second message meanwhile)
+        assert len(poller) == 0 and ws._poller is None
+        await peer.send("two")
+    assert got == ["one", "two"]
+    await peer.stream.aclose()
+    await ws.aclose()
+
+
+async def test_audio_the_session_does_not_take_waits_in_the_reader_task_in_order(autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trioagent.transports import websocket
+
+    monkeypatch.setattr(websocket, "INPUT_QUEUE", 2)
+    poller = ReadPoller()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poller.run)
+        ws, peer, _ = await open_pair()
+        ws.read_with(poller)
+        transport = BrowserTransport(ws, Hello(16000, 24000, ""), mark_every=0)
+        hooked: list[AudioFrame] = []
+
+        def hook(frame: AudioFrame) -> bool:
+            if len(hooked) == 3:
+                return False  # the session stops taking audio (an STT that hangs, say)
+            hooked.append(frame)
+            return True
+
+        transport.input_hook = hook
+        nursery.start_soon(transport.run)
+        await trio.sleep(0.01)
+        for i in range(10):
+            await peer.send(np.full(320, i, "<i2").tobytes())
+        await peer.send('{"type": "mark", "name": "t=0.100"}')
+        await trio.sleep(1.0)
+        # Three heard, two queued for the session, the next owed by the reader, which waits to
+        # hand it over; the rest and the end wait behind it (owed too, or unread).
+        assert len(hooked) == 3 and transport._owed and len(transport._owed) + len(ws._messages) == 6
+        await peer.stream.aclose()  # (the end: input closes once all before it is handed over)
+        queued = [frame async for frame in transport.audio_in]
+        assert [int(f.samples[0]) for f in hooked + queued] == list(range(10))
+        assert np.all(np.diff([f.timestamp for f in hooked + queued]) >= 0.02 - 1e-9)  # (the last read late: stamped then)
+        nursery.cancel_scope.cancel()
     await ws.aclose()

@@ -39,7 +39,7 @@ from .observe import ServerMetrics, metrics_available
 from .pipeline.base import Pipeline
 from .recording import record
 from .session import AgentSession
-from .transports._wire import ConnectionClosed, HandshakeFailed, ServerWebSocket
+from .transports._wire import ConnectionClosed, HandshakeFailed, ReadPoller, ServerWebSocket
 from .transports.websocket import BrowserTransport, RealtimeTransport, TwilioTransport, _WebSocketTransport
 
 __all__ = ["serve", "Server", "AgentFactory"]
@@ -103,6 +103,7 @@ class Server:
     refused: dict[str, int] = attrs.field(factory=dict)
     tick_phases: int = 4
     _clocks: dict[TickClock, int] = attrs.field(init=False, factory=dict)  # clock -> sessions on it
+    _poller: ReadPoller | None = attrs.field(init=False, default=None)  # reads the WebSocket connections (Linux)
     _live: list[_Connection] = attrs.field(factory=list)
     _open: int = attrs.field(init=False, default=0)  # connections with a session or still closing
     _arriving: int = attrs.field(init=False, default=0)  # accepted, request or handshake under way
@@ -158,6 +159,9 @@ class Server:
                 clock = TickClock(phase=j / max(1, self.tick_phases))
                 self._clocks[clock] = 0
                 await sessions.start(clock.run)
+            if ReadPoller.available():
+                self._poller = ReadPoller()
+                await sessions.start(self._poller.run)
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
                     accepting.start_soon(self._accept, listener, sessions)
@@ -231,7 +235,12 @@ class Server:
                         self._refuse("handshake")
                         await self._plain(stream, 400, str(exc).encode())
                 if ws is not None:
-                    await self._websocket(ws, path, query, arrived)
+                    if self._poller is not None:
+                        ws.read_with(self._poller)
+                    try:
+                        await self._websocket(ws, path, query, arrived)
+                    finally:
+                        ws.stop_polling()  # (before the stream closes)
         except BaseException as exc:  # noqa: BLE001 - sorted below; nothing escapes to other sessions
             if not isinstance(exc, Exception):
                 raise  # cancellation, KeyboardInterrupt

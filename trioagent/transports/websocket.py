@@ -1,7 +1,9 @@
 """Transports over a WebSocket: the browser protocol and Twilio Media Streams.
 
 How this works: each transport has one reader loop (`run`) that turns incoming messages into
-`AudioFrame`s on `audio_in` (and control actions); sends go through the connection
+`AudioFrame`s on `audio_in` or the session's `input_hook` (and control actions); on a server
+with a `ReadPoller`, audio messages are taken in the poller's task (`_take_message`) and the
+loop wakes only for the rest (control messages, input the session does not take at once); sends go through the connection
 (`_wire.ServerWebSocket`): audio straight to the socket when nothing is queued, otherwise behind
 a short queue (back-pressure beyond it) that a writer task empties; control messages in their
 own bounded queue, sent first. `clear()` drops the queued audio in O(1) of the control traffic
@@ -12,6 +14,7 @@ close code and reason for this one connection.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import weakref
@@ -87,6 +90,8 @@ class _WebSocketTransport(HandsInputOff):
         self._next_start = -math.inf
         self._remainder = np.zeros(0, np.int16)
         self._kept: tuple[object, str | bytes] | None = None  # (a read-only frame's samples, its message)
+        self._owed: collections.deque[AudioFrame] = collections.deque()  # input the session did not take yet
+        ws.on_message = self._take_message  # (in the poller's task, when the server has one)
 
     @property
     def session(self) -> AgentSessionAPI | None:
@@ -179,9 +184,10 @@ class _WebSocketTransport(HandsInputOff):
             raise ProtocolError(f"too many control messages (over {self.control_rate:g} a second)", close_code=CloseCode.POLICY_VIOLATION)
         self._allowance -= 1.0
 
-    async def _deliver(self, samples: np.ndarray) -> None:
+    def _deliver(self, samples: np.ndarray) -> None:
         """Cut incoming audio (messages of any length) into `frame_duration` frames, the size
-        the VADs and STTs are tuned to; a remainder waits for the next message."""
+        the VADs and STTs are tuned to (a remainder waits for the next message), and offer them
+        to the session; what it does not take now is owed (`_pay`), in order. Not a checkpoint."""
         duration = len(samples) / self.input_sample_rate
         if duration > self.max_frame_duration:
             raise ProtocolError(f"an audio message of {duration:.2f} s is longer than {self.max_frame_duration} s")
@@ -207,13 +213,35 @@ class _WebSocketTransport(HandsInputOff):
             frames = [AudioFrame._trusted(data[i : i + step], rate, 1, start + i / rate) for i in range(0, whole, step)]
             self._remainder = data[whole:].copy()
             self._next_start = start + whole / rate
+        self.frames_in += len(frames)
+        if self._owed:
+            self._owed.extend(frames)
+            return
         offer = self._input.offer
-        for frame in frames:
-            self.frames_in += 1
+        for i, frame in enumerate(frames):
             if not offer(frame):
-                # The session is not taking audio (a hung STT: the session ends it): wait,
-                # and the peer's sends wait behind us (TCP back-pressure), nothing piles up.
-                await self._in_send.send(frame)
+                # The session is not taking audio (a hung STT: the session ends it): the reader
+                # task waits to hand these over (`_pay`), and the peer's sends wait behind it
+                # (TCP back-pressure): nothing piles up.
+                self._owed.extend(frames[i:])
+                self.ws.wake_reader()
+                return
+
+    async def _pay(self) -> None:
+        """Hand over the frames the session did not take at once, waiting for it. A checkpoint
+        when there are some."""
+        owed = self._owed
+        while owed:
+            try:
+                await self._in_send.send(owed[0])
+            except trio.ClosedResourceError:
+                owed.clear()  # (the session hung up: nobody hears it)
+                return
+            owed.popleft()
+
+    def _take_message(self, message: str | bytes) -> bool:
+        """`ServerWebSocket.on_message`: take what can be handled without waiting (audio)."""
+        return False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read until the peer closes (input then ends) or sends something invalid.
@@ -227,11 +255,14 @@ class _WebSocketTransport(HandsInputOff):
             task_status.started()
             try:
                 while not self.hung_up:  # until the peer ends the call ("end", Twilio "stop")
+                    await self._pay()
                     try:
-                        message = await self.ws.get_message()
+                        message = await self.ws.receive_message()
                     except ConnectionClosed:
                         break
-                    await self.receive(message)
+                    if message is not None:  # (None: woken, to pay or to stop)
+                        await self.receive(message)
+                await self._pay()
             except ProtocolError as exc:
                 failure = exc  # raised bare below, not wrapped in the nursery's group
             finally:
@@ -255,10 +286,12 @@ class _WebSocketTransport(HandsInputOff):
     async def hang_up(self) -> None:
         self.hung_up = True
         self._input.close()
+        self.ws.wake_reader()
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         self._input.close()
+        self.ws.wake_reader()
         await trio.lowlevel.checkpoint()
 
 
@@ -294,12 +327,19 @@ class BrowserTransport(_WebSocketTransport):
         self._drop_queued_audio()
         self.send_control(bp.message("clear"))
 
+    def _take_message(self, message: str | bytes) -> bool:
+        if not isinstance(message, bytes):
+            return False
+        if len(message) % 2:
+            raise ProtocolError(f"an audio message of {len(message)} bytes is not whole 16-bit samples")
+        self._deliver(np.frombuffer(message, "<i2"))
+        return True
+
     async def receive(self, message: str | bytes) -> None:
-        if isinstance(message, bytes):
-            if len(message) % 2:
-                raise ProtocolError(f"an audio message of {len(message)} bytes is not whole 16-bit samples")
-            await self._deliver(np.frombuffer(message, "<i2"))
+        if self._take_message(message):
+            await self._pay()
             return
+        assert isinstance(message, str)
         self._count_control()
         control = bp.parse_control(message)
         if control.type == "mark":
@@ -352,6 +392,18 @@ class TwilioTransport(_WebSocketTransport):
             self.send_control(self.proto.clear())
 
     async def receive(self, message: str | bytes) -> None:
+        self._handle(message)
+        await self._pay()
+
+    def _take_message(self, message: str | bytes) -> bool:
+        """Every Twilio message is handled without waiting (media offered, the rest is state);
+        the server's task reads up to ``start`` itself."""
+        if self.start is None:
+            return False
+        self._handle(message)
+        return True
+
+    def _handle(self, message: str | bytes) -> None:
         event = self.proto.receive(message)
         if not isinstance(event, TwilioMedia):
             self._count_control()
@@ -359,7 +411,7 @@ class TwilioTransport(_WebSocketTransport):
             self.start = event
             self.started.set()
         elif isinstance(event, TwilioMedia):
-            await self._deliver(event.samples)
+            self._deliver(event.samples)
         elif isinstance(event, TwilioMark):
             self._on_mark(event.name)
         elif isinstance(event, TwilioDtmf):
@@ -369,6 +421,7 @@ class TwilioTransport(_WebSocketTransport):
         elif isinstance(event, TwilioStop):
             self.hung_up = True
             self._input.close()
+            self.ws.wake_reader()  # (its loop ends)
 
 
 class RealtimeTransport(_WebSocketTransport):
@@ -483,7 +536,8 @@ class RealtimeTransport(_WebSocketTransport):
         if kind == "input_audio_buffer.append":
             if self._origin is None:
                 self._origin = trio.current_time()
-            await self._deliver(np.frombuffer(rt.appended_audio(event), "<i2"))
+            self._deliver(np.frombuffer(rt.appended_audio(event), "<i2"))
+            await self._pay()
             return
         self._count_control()
         session = self.session
