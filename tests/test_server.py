@@ -455,8 +455,10 @@ async def test_a_provider_failure_ends_that_session_with_1011(autojump_clock: tr
 async def test_marks_a_client_never_echoes_do_not_pile_up(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
     server, listener = await start_memory_server(nursery)
     ws, client = await browser_client(nursery, listener)
-    await client.send_audio(silence(30.0))  # 150 marks sent, none echoed
+    await trio.sleep(0.001)  # (the session starts right after "ready")
     transport = server.transports[0]
+    transport.send_silence = True  # (the mixer's idle frames go out too: 50 a second)
+    await client.send_audio(silence(30.0))  # 150 marks sent, none echoed
     assert len(client.of("mark")) == 150 and len(transport._marks_pending) == 64
     assert transport.unplayed() == 0.0  # nothing known: audio counts as heard when sent
     await ws.aclose()

@@ -319,7 +319,7 @@ async def test_silence_is_encoded_once_and_other_audio_every_time(autojump_clock
     from trioagent.audio import Mixer
 
     ws, peer, _ = await open_pair()
-    transport = BrowserTransport(ws, Hello(16000, 24000, ""), mark_every=0)
+    transport = BrowserTransport(ws, Hello(16000, 24000, ""), mark_every=0, send_silence=True)
     silent = Mixer(sample_rate=24000).mix(0.0)  # (the mixer's shared read-only silence)
     loud = AudioFrame(np.full(480, 7, np.int16), 24000)
     for frame in (silent, silent, loud, silent):
@@ -331,6 +331,27 @@ async def test_silence_is_encoded_once_and_other_audio_every_time(autojump_clock
     assert transport.send_audio_nowait(loud)
     await peer.read_until(lambda: len(peer.messages) == 5)
     assert peer.messages == [bytes(960), bytes(960), np.full(480, 7, "<i2").tobytes(), bytes(960), np.full(480, 9, "<i2").tobytes()]
+    await peer.stream.aclose()
+    await ws.aclose()
+
+
+async def test_by_default_the_mixers_idle_frames_are_not_sent(autojump_clock: trio.testing.MockClock) -> None:
+    from trioagent.audio import Mixer
+    from trioagent.audio.mixer import is_idle
+
+    ws, peer, _ = await open_pair()
+    transport = BrowserTransport(ws, Hello(16000, 24000, ""), mark_every=2)
+    mixer = Mixer(sample_rate=24000)
+    idle = mixer.mix(0.0)
+    played_zeros = AudioFrame(np.zeros(480, np.int16), 24000, timestamp=0.02)  # (silence a source played: sent)
+    loud = AudioFrame(np.full(480, 7, np.int16), 24000, timestamp=0.04)
+    assert is_idle(idle) and is_idle(Mixer(sample_rate=24000).mix(1.0)) and not is_idle(played_zeros)
+    for frame in (idle, played_zeros, idle, loud, idle):
+        assert transport.send_audio_nowait(frame)
+    await transport.send_audio(idle)
+    await peer.read_until(lambda: len(peer.messages) == 3)
+    assert peer.messages == [bytes(960), np.full(480, 7, "<i2").tobytes(), '{"type": "mark", "name": "t=0.060"}']
+    assert transport._sent_until == pytest.approx(0.06)  # (what was heard is counted in what was sent)
     await peer.stream.aclose()
     await ws.aclose()
 

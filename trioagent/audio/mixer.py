@@ -31,7 +31,7 @@ import trio
 from .frame import FRAME_DURATION, AudioFrame, Float32Array, Int16Array
 from .polyphase import Polyphase
 
-__all__ = ["Mixer", "MixerSource", "MixerStatistics", "TickClock"]
+__all__ = ["Mixer", "MixerSource", "MixerStatistics", "TickClock", "is_idle"]
 
 class NowaitSink(Protocol):
     """A frame sink that takes frames without waiting (the clock-driven pump, `Mixer.run`)."""
@@ -335,8 +335,7 @@ class Mixer:
         self._steps = np.arange(1, n + 1, dtype=np.float32)
         self._fade_step = 1.0 / (self.fade_duration * self.sample_rate)
         self._acc = np.zeros(n, np.float32)
-        self._silence = np.zeros(n, np.int16)
-        self._silence.flags.writeable = False  # (shared by every silent frame: read-only)
+        self._silence = _idle_samples(n)
         self._duck = float(10.0 ** (self.duck_db / 20.0))
 
     @property
@@ -582,6 +581,26 @@ class _SoxrStream:
         out: Float32Array = self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
         self._stream.clear()
         return out
+
+
+_IDLE: dict[int, Int16Array] = {}
+
+
+def _idle_samples(n: int) -> Int16Array:
+    """The read-only zeros a mixer's frame of `n` samples holds when nothing plays (one array
+    per length, shared by every mixer)."""
+    samples = _IDLE.get(n)
+    if samples is None:
+        samples = _IDLE[n] = np.zeros(n, np.int16)
+        samples.flags.writeable = False
+    return samples
+
+
+def is_idle(frame: AudioFrame) -> bool:
+    """True for a frame a `Mixer` made with nothing to play (not even a fade or a ducked
+    background): a transport may leave it unsent. Not true of silence some source played."""
+    samples = frame.samples
+    return samples is _IDLE.get(len(samples))
 
 
 @attrs.define(eq=False)

@@ -27,6 +27,7 @@ from .._proto import browser as bp
 from .._proto import openai_realtime as rt
 from .._proto.twilio import TwilioDtmf, TwilioMark, TwilioMedia, TwilioProtocol, TwilioStart, TwilioStop
 from ..audio.frame import FRAME_DURATION, AudioFrame
+from ..audio.mixer import is_idle
 from ..chat import ChatMessage, ChatRole
 from ..errors import CloseCode, ProtocolError
 from ..events import AgentSpeechStarted
@@ -46,7 +47,14 @@ INPUT_QUEUE = 500  # 10 s of 20 ms input frames waiting for the session: beyond,
 
 
 class _WebSocketTransport(HandsInputOff):
-    """What both protocols share: the input channel, playout marks, the control rate limit."""
+    """What both protocols share: the input channel, playout marks, the control rate limit.
+
+    Output is the mixer's frames as they are made, except the frames it makes with nothing to
+    play (`is_idle`): those are not sent unless `send_silence`. A peer plays what comes when it
+    comes (the page, Twilio, a Realtime client all do), so the wire carries the agent's voice
+    and sounds only: a call is mostly the user speaking or nobody, and that is 3/4 of the
+    bytes, messages and writes of both ends saved (NOTES.md, "Capacity ... fifth part").
+    """
 
     input_sample_rate: int
     output_sample_rate: int
@@ -63,8 +71,10 @@ class _WebSocketTransport(HandsInputOff):
         max_ahead: float = 5.0,
         control_rate: float = 20.0,
         control_burst: int = 40,
+        send_silence: bool = False,
     ) -> None:
         self.ws = ws
+        self.send_silence = send_silence
         ws.max_queued = max_queued
         self.max_ahead = max_ahead  # seconds of audio a peer may send ahead of real time (bursts)
         self._session: weakref.ref[AgentSessionAPI] | None = None  # (weak: the session owns the transport)
@@ -101,6 +111,8 @@ class _WebSocketTransport(HandsInputOff):
     def _messages_for(self, frame: AudioFrame) -> tuple[str | bytes, ...]:
         """What goes out for one output frame: the frame, and after every `mark_every` frames
         a mark (dropped by clear() like the audio before it); () when nothing is to be sent."""
+        if not self.send_silence and is_idle(frame):
+            return ()
         self._sent_until = frame.end_time
         self._frames_out += 1
         if self.mark_every and self._frames_out % self.mark_every == 0:
@@ -126,11 +138,16 @@ class _WebSocketTransport(HandsInputOff):
     async def send_audio(self, frame: AudioFrame) -> None:
         """Send a frame (one non-blocking write, usually), after waiting while the queue is
         full. A checkpoint."""
-        await self.ws.send_droppable(self._messages_for(frame))
+        messages = self._messages_for(frame)
+        if not messages:
+            await trio.lowlevel.checkpoint()
+            return
+        await self.ws.send_droppable(messages)
 
     def send_audio_nowait(self, frame: AudioFrame) -> bool:
         """Send or queue a frame; False when the queue is full (see `NowaitAudio`)."""
-        return self.ws.send_droppable_nowait(self._messages_for(frame))
+        messages = self._messages_for(frame)
+        return self.ws.send_droppable_nowait(messages) if messages else True
 
     async def wait_send_space(self) -> None:
         await self.ws.wait_space()
