@@ -282,8 +282,10 @@ class ServerWebSocket:
         closing handshake. Stops at the close, or at a frame the RFC forbids (then we close)."""
         buf = self._buffer
         pos, n = 0, len(buf)
+        state = self._ws.state  # (changed below only by a close frame or a failure: both stop)
+        messages = self._messages
         try:
-            while n - pos >= 2 and self._ws.state in _READING and not self._failed:
+            while n - pos >= 2 and state in _READING and not self._failed:
                 b0, b1 = buf[pos], buf[pos + 1]
                 opcode, length, head = b0 & 0x0F, b1 & 0x7F, 2
                 if length == 126:
@@ -298,7 +300,9 @@ class ServerWebSocket:
                     length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
                     if length < 65536 or length >> 63:
                         return self._fail(CloseCode.PROTOCOL_ERROR, "an 8-byte length where 2 would do, or over 2**63")
-                if problem := self._header_problem(b0, b1, opcode, length):
+                if b0 in _WHOLE_DATA and b1 & 0x80 and self._opcode is None and length <= self.max_message_size:
+                    pass  # a whole masked data frame, no message in fragments: nothing to check (the usual case)
+                elif problem := self._header_problem(b0, b1, opcode, length):
                     return self._fail(*problem)
                 end = pos + head + 4 + length
                 if n < end:
@@ -309,8 +313,11 @@ class ServerWebSocket:
                     self._on_close_events()
                     return
                 payload = _unmask(buf[start + head + 4 : end], buf[start + head : start + head + 4])
-                if opcode == 0x9:
-                    if self._ws.state is ConnectionState.OPEN:
+                if b0 == 0x82:  # a whole binary message (audio): taken as it is
+                    if state is ConnectionState.OPEN:
+                        messages.append(payload)
+                elif opcode == 0x9:
+                    if state is ConnectionState.OPEN:
                         self._push_urgent(_frame(0xA, payload))  # ping: pong
                 elif opcode != 0xA:
                     self._on_data(opcode, bool(b0 & 0x80), payload)
@@ -557,6 +564,7 @@ class ServerWebSocket:
 
 
 _READING = (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING)
+_WHOLE_DATA = (0x81, 0x82)  # the first byte of a whole text or binary frame (FIN, no reserved bits)
 
 
 class ReadPoller:
