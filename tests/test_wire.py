@@ -358,7 +358,10 @@ async def test_by_default_the_mixers_idle_frames_are_not_sent(autojump_clock: tr
 
 # -- the server's shared reader (ReadPoller) ---------------------------------------------------
 
+linux_only = pytest.mark.skipif(not ReadPoller.available(), reason="the poller is epoll's (Linux)")
 
+
+@linux_only
 async def test_a_poller_hands_messages_over_in_its_task_in_order_and_wakes_the_reader_for_the_rest(autojump_clock: trio.testing.MockClock) -> None:
     poller = ReadPoller()
     handled: list[tuple[str, str | bytes]] = []
@@ -410,6 +413,7 @@ async def test_a_poller_hands_messages_over_in_its_task_in_order_and_wakes_the_r
     assert handled[:20] == [("poller", bytes([i, 0])) for i in range(20)]
 
 
+@linux_only
 async def test_a_poller_raises_a_connections_failure_in_its_reader_and_reads_the_others_on(autojump_clock: trio.testing.MockClock) -> None:
     poller = ReadPoller()
     async with trio.open_nursery() as nursery:
@@ -452,6 +456,7 @@ async def test_a_poller_raises_a_connections_failure_in_its_reader_and_reads_the
         await ws.aclose()
 
 
+@linux_only
 async def test_a_busy_reader_stops_the_poller_reading_its_socket_and_nothing_is_lost(autojump_clock: trio.testing.MockClock) -> None:
     poller = ReadPoller()
     async with trio.open_nursery() as nursery:
@@ -475,6 +480,7 @@ async def test_a_busy_reader_stops_the_poller_reading_its_socket_and_nothing_is_
     await ws.aclose()
 
 
+@linux_only
 async def test_once_the_poller_stops_each_connection_reads_by_itself(autojump_clock: trio.testing.MockClock) -> None:
     ws, peer, _ = await open_pair()
     got: list[str | bytes] = []
@@ -500,6 +506,7 @@ async def test_once_the_poller_stops_each_connection_reads_by_itself(autojump_cl
     await ws.aclose()
 
 
+@linux_only
 async def test_audio_the_session_does_not_take_waits_in_the_reader_task_in_order(autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
     from trioagent.transports import websocket
 
