@@ -113,7 +113,7 @@ async def run_server() -> None:
 
         server: Server = await nursery.start(lambda task_status: serve(factory, "127.0.0.1", 0, max_sessions=10000, grace=0, on_session=on_session, task_status=task_status))
         usage = resource.getrusage(resource.RUSAGE_SELF)  # (the imports and start-up are not the load's)
-        print(json.dumps({"port": server.port, "cpu0": usage.ru_utime + usage.ru_stime}), flush=True)
+        print(json.dumps({"port": server.port, "cpu0": usage.ru_utime + usage.ru_stime, "sys0": usage.ru_stime}), flush=True)
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async for _ in signals:
                 break
@@ -121,7 +121,7 @@ async def run_server() -> None:
         ticks = sum(s.mixer.statistics().ticks for s in sessions)
         underruns = sum(s.mixer.statistics().underruns for s in sessions)
         sent = sum(s.transport._frames_out for s in sessions)  # audio messages written to the callers
-        print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime, "ticks": ticks, "underruns": underruns, "sent": sent, "sessions": len(sessions), "e2e": e2e, "stages": stages, "lags": lags}), flush=True)
+        print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime, "sys": usage.ru_stime, "ticks": ticks, "underruns": underruns, "sent": sent, "sessions": len(sessions), "e2e": e2e, "stages": stages, "lags": lags}), flush=True)
         server.shutdown()
         nursery.cancel_scope.cancel()
 
@@ -337,7 +337,7 @@ async def level(n: int, duration: float = DURATION) -> dict[str, Any]:
     t0 = await drive(ports, n, stats, speech_frames, silence_frame, duration)
     wall = time.perf_counter() - wall0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    result: dict[str, Any] = {"cpu": 0.0, "ticks": 0, "underruns": 0, "sent": 0, "e2e": [], "stages": [], "lags": []}
+    result: dict[str, Any] = {"cpu": 0.0, "sys": 0.0, "ticks": 0, "underruns": 0, "sent": 0, "e2e": [], "stages": [], "lags": []}
     for server, started in zip(servers, starts):
         server.send_signal(signal.SIGTERM)
         out = b""
@@ -347,6 +347,7 @@ async def level(n: int, duration: float = DURATION) -> dict[str, Any]:
         await server.wait()
         one = json.loads(out.strip().splitlines()[-1])
         result["cpu"] += one["cpu"] - started["cpu0"]
+        result["sys"] += one["sys"] - started["sys0"]
         for key in ("ticks", "underruns", "sent", "e2e", "stages", "lags"):
             result[key] += one[key]
     got = sum(s.frames for s in stats)
@@ -364,6 +365,7 @@ async def level(n: int, duration: float = DURATION) -> dict[str, Any]:
         "reply_p99": percentile(replies, 0.99) if replies else float("inf"),
         "turns": len(replies),
         "server_cpu": result["cpu"] / wall,
+        "server_sys": result["sys"] / max(result["cpu"], 1e-9),  # the kernel's share of it
         "cpu_per_session_ms": 1000 * result["cpu"] / wall / n,
         "client_cpu": (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / wall,
         "lags": result["lags"],
@@ -392,6 +394,7 @@ async def main(levels: list[int]) -> None:
         )
         if r["lags"]:
             print(f"         event-loop stalls over 15 ms (at s, ms): {[(at, round(ms * 1000)) for at, ms in r['lags']]}")
+        print(f"         server CPU in the kernel: {r['server_sys']:.0%}")
         if r["stages"]:
             print("         e2e medians by stage: " + ", ".join(f"{name} {t * 1000:.1f} ms" for name, t in zip(STAGES, r["stages"])), flush=True)
 
