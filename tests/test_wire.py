@@ -6,7 +6,7 @@ Chromium) are in test_server*.py and test_browser.py."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import hypothesis
 import hypothesis.strategies as st
@@ -19,7 +19,7 @@ import wsproto.events as we
 
 from trioagent._proto.browser import Hello
 from trioagent.audio import AudioFrame
-from trioagent.transports._wire import MAX_UNREAD, ConnectionClosed, ReadPoller, ServerWebSocket, _unmask
+from trioagent.transports._wire import MAX_UNREAD, ConnectionClosed, ReadPoller, ServerWebSocket, _unmask, _unmask_by_int
 from trioagent.transports.websocket import BrowserTransport
 
 
@@ -308,11 +308,13 @@ def test_the_frame_parser_reads_what_wsproto_reads(frames: list[tuple[int, bytes
         assert pongs == want_pings
 
 
-def test_the_unmasking_matches_the_rfc() -> None:
+@pytest.mark.parametrize("unmask", [_unmask, _unmask_by_int])
+def test_the_unmasking_matches_the_rfc(unmask: Callable[[bytearray, bytearray], bytes]) -> None:
     key = bytearray(b"\x01\x02\x03\x04")
-    data = bytearray(range(11))
-    assert _unmask(data, key) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
-    assert _unmask(bytearray(), key) == b""
+    for n in (11, 640, 641):
+        data = bytearray(i % 251 for i in range(n))
+        assert unmask(data, key) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    assert unmask(bytearray(), key) == b""
 
 
 async def test_silence_is_encoded_once_and_other_audio_every_time(autojump_clock: trio.testing.MockClock) -> None:

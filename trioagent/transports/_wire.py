@@ -42,6 +42,12 @@ from wsproto.utilities import RemoteProtocolError
 
 from ..errors import CloseCode
 
+_apply_mask: Callable[[bytearray, bytearray], bytes] | None
+try:  # (a C extension: absent where websockets was installed without it)
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # pragma: no cover
+    _apply_mask = None
+
 __all__ = ["CloseReason", "ConnectionClosed", "HandshakeFailed", "ReadPoller", "ServerWebSocket"]
 
 RECEIVE_SIZE = 65536
@@ -648,7 +654,14 @@ def _frame(opcode: int, payload: bytes) -> bytes:
 
 
 def _unmask(data: bytearray, mask: bytearray) -> bytes:
-    """RFC 6455 5.3: XOR with the 4-byte key, repeated (one big-integer XOR: C speed)."""
+    """RFC 6455 5.3: XOR with the 4-byte key, repeated: `websockets`' C `apply_mask` (5k
+    instructions for 20 ms of 16 kHz audio), else one big-integer XOR (34k)."""
+    if _apply_mask is not None:
+        return _apply_mask(data, mask)
+    return _unmask_by_int(data, mask)
+
+
+def _unmask_by_int(data: bytearray, mask: bytearray) -> bytes:
     n = len(data)
     if not n:
         return b""

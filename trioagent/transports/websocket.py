@@ -43,6 +43,7 @@ _log = logging.getLogger("trioagent.transports.websocket")
 
 _MAX_PENDING_MARKS = 64  # 12.8 s of audio at one mark per 200 ms
 _ANSWER = "Answer the user."
+_INT16 = np.dtype(np.int16)
 INPUT_QUEUE = 500  # 10 s of 20 ms input frames waiting for the session: beyond, reading waits
 
 
@@ -101,6 +102,9 @@ class _WebSocketTransport(HandsInputOff):
         self._remainder = np.zeros(0, np.int16)
         self._kept: tuple[object, str | bytes] | None = None  # (a read-only frame's samples, its message)
         self._owed: collections.deque[AudioFrame] = collections.deque()  # input the session did not take yet
+        self._step = 0  # samples in an input frame (`_frame_step`)
+        self._fast_step = -1
+        self._step_duration = 0.0
         ws.on_message = self._take_message  # (in the poller's task, when the server has one)
 
     @property
@@ -204,7 +208,28 @@ class _WebSocketTransport(HandsInputOff):
     def _deliver(self, samples: np.ndarray) -> None:
         """Cut incoming audio (messages of any length) into `frame_duration` frames, the size
         the VADs and STTs are tuned to (a remainder waits for the next message), and offer them
-        to the session; what it does not take now is owed (`_pay`), in order. Not a checkpoint."""
+        to the session; what it does not take now is owed (`_pay`), in order. Not a checkpoint.
+
+        `samples` are int16 (`np.frombuffer` of the message, or decoded): contiguous."""
+        rate = self.input_sample_rate
+        step = self._step or self._frame_step()
+        if len(samples) == self._fast_step and not len(self._remainder) and not self._owed and samples.dtype is _INT16:
+            # The usual message: one frame (a browser's or Twilio's 20 ms), nothing left over,
+            # nothing owed: the general path below, without its cutting.
+            now = trio.current_time()
+            duration = self._step_duration
+            start = now - duration
+            if start < self._next_start:
+                start = self._next_start
+                if start + duration - now > self.max_ahead:
+                    raise ProtocolError(f"audio arrives faster than real time (over {self.max_ahead:.0f} s ahead)", close_code=CloseCode.POLICY_VIOLATION)
+            self._next_start = start + duration
+            self.frames_in += 1
+            frame = AudioFrame._trusted(samples, rate, 1, start)
+            if not self._input.offer(frame):
+                self._owed.append(frame)
+                self.ws.wake_reader()
+            return
         duration = len(samples) / self.input_sample_rate
         if duration > self.max_frame_duration:
             raise ProtocolError(f"an audio message of {duration:.2f} s is longer than {self.max_frame_duration} s")
@@ -216,20 +241,13 @@ class _WebSocketTransport(HandsInputOff):
         if start + duration - now > self.max_ahead:
             raise ProtocolError(f"audio arrives faster than real time (over {self.max_ahead:.0f} s ahead)", close_code=CloseCode.POLICY_VIOLATION)
         samples = np.ascontiguousarray(samples, np.int16)
-        rate = self.input_sample_rate
-        step = round(rate * self.frame_duration)
         # (int16, one channel, contiguous slices of one array, the rate checked at the hello:
         # valid by construction, so no validation per frame)
-        if len(samples) == step and not len(self._remainder):
-            # The usual message: one frame (a browser's or Twilio's 20 ms), nothing left over.
-            frames = [AudioFrame._trusted(samples, rate, 1, start)]
-            self._next_start = start + step / rate
-        else:
-            data = np.concatenate([self._remainder, samples]) if len(self._remainder) else samples
-            whole = len(data) - len(data) % step
-            frames = [AudioFrame._trusted(data[i : i + step], rate, 1, start + i / rate) for i in range(0, whole, step)]
-            self._remainder = data[whole:].copy()
-            self._next_start = start + whole / rate
+        data = np.concatenate([self._remainder, samples]) if len(self._remainder) else samples
+        whole = len(data) - len(data) % step
+        frames = [AudioFrame._trusted(data[i : i + step], rate, 1, start + i / rate) for i in range(0, whole, step)]
+        self._remainder = data[whole:].copy()
+        self._next_start = start + whole / rate
         self.frames_in += len(frames)
         if self._owed:
             self._owed.extend(frames)
@@ -243,6 +261,14 @@ class _WebSocketTransport(HandsInputOff):
                 self._owed.extend(frames[i:])
                 self.ws.wake_reader()
                 return
+
+    def _frame_step(self) -> int:
+        """Samples in a frame at the input rate (known once the peer said its rate)."""
+        step = self._step = round(self.input_sample_rate * self.frame_duration)
+        self._step_duration = step / self.input_sample_rate
+        # (a frame longer than a message may be: every message goes the general way, and fails)
+        self._fast_step = step if self._step_duration <= self.max_frame_duration else -1
+        return step
 
     async def _pay(self) -> None:
         """Hand over the frames the session did not take at once, waiting for it. A checkpoint
