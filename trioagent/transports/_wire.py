@@ -297,7 +297,7 @@ class ServerWebSocket:
                 if length == 126:
                     if n - pos < 4:
                         return
-                    length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+                    length, head = buf[pos + 2] << 8 | buf[pos + 3], 4
                     if length < 126:
                         return self._fail(CloseCode.PROTOCOL_ERROR, "a 2-byte length where 1 would do")
                 elif length == 127:
