@@ -165,10 +165,12 @@ class ServerWebSocket:
     async def receive_message(self) -> str | bytes | None:
         """`get_message`, or None when `wake_reader()` woke the reader with no message (its
         caller has something else to do: the handler took a message that left work, say)."""
-        while not self._messages:
-            if self._fault is not None:
+        while True:
+            if self._fault is not None:  # (raised before the messages that came after it)
                 fault, self._fault = self._fault, None
                 raise fault
+            if self._messages:
+                return self._messages.popleft()
             if self.closed is not None:
                 raise ConnectionClosed(self.closed)
             if self._poller is not None:
@@ -183,13 +185,8 @@ class ServerWebSocket:
                     return None
                 continue
             data = await self._receive()
-            if self.closed is not None:  # (closed by us meanwhile)
-                continue
-            self._take_in(data)
-        if self._fault is not None:
-            fault, self._fault = self._fault, None
-            raise fault
-        return self._messages.popleft()
+            if self.closed is None:  # (else closed by us meanwhile)
+                self._take_in(data)
 
     def read_with(self, poller: ReadPoller) -> None:
         """Be read by `poller` from now on (a plain socket only; others read as before). Not a

@@ -222,7 +222,7 @@ class _WebSocketTransport(HandsInputOff):
             if start < self._next_start:
                 start = self._next_start
                 if start + duration - now > self.max_ahead:
-                    raise ProtocolError(f"audio arrives faster than real time (over {self.max_ahead:.0f} s ahead)", close_code=CloseCode.POLICY_VIOLATION)
+                    raise self._too_far_ahead()
             self._next_start = start + duration
             self.frames_in += 1
             frame = AudioFrame._trusted(samples, rate, 1, start)
@@ -239,7 +239,7 @@ class _WebSocketTransport(HandsInputOff):
         now = trio.current_time()
         start = max(now - duration - pending, self._next_start)
         if start + duration - now > self.max_ahead:
-            raise ProtocolError(f"audio arrives faster than real time (over {self.max_ahead:.0f} s ahead)", close_code=CloseCode.POLICY_VIOLATION)
+            raise self._too_far_ahead()
         samples = np.ascontiguousarray(samples, np.int16)
         # (int16, one channel, contiguous slices of one array, the rate checked at the hello:
         # valid by construction, so no validation per frame)
@@ -261,6 +261,9 @@ class _WebSocketTransport(HandsInputOff):
                 self._owed.extend(frames[i:])
                 self.ws.wake_reader()
                 return
+
+    def _too_far_ahead(self) -> ProtocolError:
+        return ProtocolError(f"audio arrives faster than real time (over {self.max_ahead:.0f} s ahead)", close_code=CloseCode.POLICY_VIOLATION)
 
     def _frame_step(self) -> int:
         """Samples in a frame at the input rate (known once the peer said its rate)."""
