@@ -75,6 +75,31 @@ async def test_vad_times_on_generated_speech_with_pauses(autojump_clock: trio.te
         assert abs(event.time - expected) <= 0.02  # within one 20 ms frame
 
 
+def test_vad_durations_are_of_audio_heard_not_of_time_passed() -> None:
+    """Input that came late is stamped when it came: the gap before it is neither silence nor
+    speech (a network stall on the quiet of a plosive used to end the user's speech)."""
+    from trioagent.testing import silence, speech
+
+    def stamped(frames: list[AudioFrame], t: float) -> list[AudioFrame]:
+        return [AudioFrame(f.samples, f.sample_rate, 1, t + i * 0.02) for i, f in enumerate(frames)]
+
+    def run(frames: list[AudioFrame]) -> list[tuple[str, float]]:
+        vad = EnergyVAD()
+        return [(e.kind, round(e.time, 3)) for f in frames for e in vad.process(f)]
+
+    # 0.5 s of speech, 60 ms of quiet (a plosive's closure) with the network stalling 0.5 s in
+    # the middle of it, then the rest of the sentence: one segment.
+    said = stamped(speech(0.5), 0.0) + stamped(silence(0.04), 0.5) + stamped(silence(0.02), 1.04) + stamped(speech(0.5), 1.06) + stamped(silence(0.4), 1.56)
+    assert run(said) == [("start", 0.0), ("end", 1.56)]
+    # A silence heard in two parts around a gap ends the speech once 0.3 s of it is heard, at its start.
+    paused = stamped(speech(0.5), 0.0) + stamped(silence(0.2), 0.5) + stamped(silence(0.2), 2.0)
+    assert run(paused) == [("start", 0.0), ("end", 0.5)]
+    assert run(paused[:39]) == [("start", 0.0)]  # (0.28 s of it heard, though 1.7 s have passed)
+    # Speech must be heard for min_speech_duration (0.1 s): two 60 ms bursts split by a gap do it.
+    bursts = stamped(speech(0.06), 0.0) + stamped(speech(0.06), 1.0)
+    assert run(bursts) == [("start", 0.0)]
+
+
 async def run_stt(stt: PocketsphinxSTT, audio: np.ndarray) -> list[tuple[str, bool]]:
     frames = [AudioFrame(audio[i : i + 320], 16000, 1, i / 16000) for i in range(0, len(audio) - 319, 320)]
     send, receive = trio.open_memory_channel[AudioFrame](len(frames) + 1)

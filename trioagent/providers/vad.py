@@ -18,13 +18,21 @@ __all__ = ["EnergyVAD", "PreRoll", "Segmenter"]
 class Segmenter:
     """Speech windows in, start and end events out. A start needs `min_speech_duration` of
     consecutive speech windows, an end `min_silence_duration` of non-speech ones; event times are
-    the true onset and offset (window precision)."""
+    the true onset and offset (window precision).
+
+    The durations are of audio heard, not of time passed: input that came late is stamped when
+    it came (a transport re-anchors to the clock), and the gap before it is no speech and no
+    silence. Counted by the clock, a caller whose network stalled for 0.3 s on the quiet of a
+    plosive ("in | Paris") had their turn cut in two.
+    """
 
     min_speech_duration: float = 0.1
     min_silence_duration: float = 0.3
     speaking: bool = attrs.field(init=False, default=False)
     _run_start: float | None = attrs.field(init=False, default=None)
+    _run_heard: float = attrs.field(init=False, default=0.0)  # seconds of the speech run heard
     _silence_start: float | None = attrs.field(init=False, default=None)
+    _silence_heard: float = attrs.field(init=False, default=0.0)  # seconds of the silence heard
     _processed_until: float = attrs.field(init=False, default=0.0)
 
     @property
@@ -68,8 +76,9 @@ class Segmenter:
             self._silence_start = None
             if not self.speaking:
                 if self._run_start is None:
-                    self._run_start = t
-                if t + w - self._run_start >= self.min_speech_duration - 1e-9:
+                    self._run_start, self._run_heard = t, 0.0
+                self._run_heard += w
+                if self._run_heard >= self.min_speech_duration - 1e-9:
                     self.speaking = True
                     return VADEvent("start", self._run_start)
             return None
@@ -77,8 +86,9 @@ class Segmenter:
             self._run_start = None
             return None
         if self._silence_start is None:
-            self._silence_start = t
-        if t + w - self._silence_start >= self.min_silence_duration - 1e-9:
+            self._silence_start, self._silence_heard = t, 0.0
+        self._silence_heard += w
+        if self._silence_heard >= self.min_silence_duration - 1e-9:
             end, self._silence_start, self._run_start = self._silence_start, None, None
             self.speaking = False
             return VADEvent("end", end)
