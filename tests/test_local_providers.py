@@ -253,3 +253,31 @@ def test_segmenter_windows_at_once_are_windows_one_by_one(frames: list[list[bool
             (one_by_one.speaking, one_by_one.in_speech_run, one_by_one.speech_duration)
         )
         t += len(voiced) * w
+
+
+_LEVELS = st.sampled_from([0.0, 0.003, 0.009, 0.0099, 0.0101, 0.011, 0.05, 0.3])  # RMS, around 0.01 (-40 dBFS)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_LEVELS, _LEVELS, st.integers(0, 3), st.integers(1, 12)), min_size=1, max_size=30))
+def test_energy_vad_decides_every_window_as_a_window_by_window_reference(runs: list[tuple[float, float, int, int]]) -> None:
+    """EnergyVAD's quiet shortcut (one sum of squares for the whole frame while no speech is
+    under way) makes the same events as deciding each 10 ms window on its own: frames around
+    the -40 dBFS threshold (0.01 RMS), loud in one window only, or of odd lengths."""
+    from trioagent.providers.vad import Segmenter
+
+    frames = [(first, second, extra) for first, second, extra, repeat in runs for _ in range(repeat)]
+    rng = np.random.default_rng(len(frames))
+    vad, reference = EnergyVAD(), Segmenter(0.1, 0.3)
+    threshold = 10 ** (-40 / 20)
+    t = 0.0
+    for first, second, extra in frames:
+        # Two windows of 160 samples at those RMS levels (a sine: its RMS is known), and
+        # `extra` samples that no window takes.
+        halves = [rms * np.sqrt(2) * np.sin(np.arange(160) * 0.3 + rng.uniform(0, 6)) for rms in (first, second)]
+        samples = np.rint(np.concatenate([*halves, np.zeros(extra)]) * 32768).astype(np.int16)
+        windows = samples[:320].astype(np.float64).reshape(2, 160) / 32768
+        voiced = [bool(np.sqrt(np.mean(w * w)) > threshold) for w in windows]
+        assert vad.process(AudioFrame(samples, 16000, 1, t)) == reference.feed_windows(t, 0.01, voiced)
+        t += 0.02
+    assert vad.speaking == reference.speaking

@@ -171,10 +171,24 @@ class EnergyVAD:
         n = len(samples) // win
         if n == 0:
             return []
-        x = (samples if len(samples) == n * win else samples[: n * win]).astype(np.float32).reshape(n, win)
-        x *= x
-        # Loud windows: sum of squares over the threshold (times the window: no division),
-        # compared in Python (a frame has two or three windows: less than a numpy call costs).
+        x = (samples if len(samples) == n * win else samples[: n * win]).astype(np.float32)
+        # Loud windows: sum of squares over the threshold (times the window: no division).
         limit = self._threshold * win
-        loud = [e > limit for e in np.add.reduce(x, 1).tolist()]  # (the ufunc: ndarray.sum adds a Python frame)
+        seg = self._segmenter
+        if not seg.in_speech_run and x.dot(x) < limit * _MARGIN:
+            # Quiet, and no window is loud when the whole frame is not (most of a call): one
+            # numpy call, not four (27k -> 15k instructions a 20 ms frame). In speech, the
+            # windows straight away.
+            loud = [False] * n
+        else:
+            x = x.reshape(n, win)
+            x *= x
+            # (compared in Python: a frame has two or three windows, less than a numpy call
+            # costs; the ufunc: ndarray.sum adds a Python frame)
+            loud = [e > limit for e in np.add.reduce(x, 1).tolist()]
         return self._segmenter.feed_windows(frame.timestamp, win / self.sample_rate, loud)
+
+
+# The whole frame's sum of squares and a window's are rounded differently (float32): a frame
+# just under the threshold goes the long way, so both ways decide every window alike.
+_MARGIN = 1 - 1e-4
