@@ -8,6 +8,7 @@ import trio
 
 from trioagent import AudioFrame
 from trioagent.audio import Mixer
+from trioagent.audio.mixer import is_idle
 
 from .helpers import dc, running_mixer, tone
 
@@ -239,6 +240,7 @@ class NowaitRecorder:
 
     def __init__(self, room: int = 1000, fail_at: int | None = None) -> None:
         self.stamps: list[float] = []
+        self.idle: list[bool] = []
         self.room = room
         self.fail_at = fail_at
         self.tasks: list[str] = []
@@ -249,6 +251,7 @@ class NowaitRecorder:
         if self.fail_at is not None and len(self.stamps) == self.fail_at:
             raise RuntimeError("the sink broke")
         self.stamps.append(frame.timestamp)
+        self.idle.append(is_idle(frame))
         return len(self.stamps) < self.room
 
     async def wait_ready(self) -> None:
@@ -288,6 +291,36 @@ async def test_mixing_on_the_clock_runs_in_the_clocks_task(autojump_clock: trio.
     assert full.stamps == [approx(t) for t in (0.0, 0.02, 0.16, 0.18, 0.20, 0.22, 0.24)]
     assert mixers["full"].statistics().underruns == 6  # the ticks 0.04 .. 0.14 had no room
     assert broken.stamps == [approx(t) for t in (0.0, 0.02, 0.04)] and [str(e) for e in failure] == ["the sink broke"]
+
+
+async def test_a_sink_that_leaves_idle_frames_unsent_gets_frames_only_while_something_plays(autojump_clock: trio.testing.MockClock) -> None:
+    """A sink whose `sends_idle` is False gets no frame at a tick with nothing to play (not
+    made at all); every tick is still counted, and what plays is as it would be (its fade-out
+    to the end, silence a source played)."""
+    from trioagent.audio import TickClock
+
+    clock = TickClock()
+    quiet, every = NowaitRecorder(), NowaitRecorder()
+    quiet.sends_idle = False  # type: ignore[attr-defined]
+    mixers = {"quiet": Mixer(sample_rate=8000), "every": Mixer(sample_rate=8000)}
+    unused = trio.open_memory_channel[AudioFrame](0)[0]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        await nursery.start(lambda **kw: mixers["quiet"].run(unused, clock=clock, sink=quiet, **kw))
+        await nursery.start(lambda **kw: mixers["every"].run(unused, clock=clock, sink=every, **kw))
+        await trio.sleep(0.05)  # ticks 0.00 .. 0.04: idle
+        for mixer in mixers.values():
+            source = mixer.add_source(8000, voice=True, name="voice")
+            source.push(AudioFrame(np.full(320, 3000, np.int16), 8000))  # 40 ms of tone
+            source.push(AudioFrame(np.zeros(160, np.int16), 8000))  # and 20 ms of silence it played
+            source.end()
+        await trio.sleep(0.15)
+        nursery.cancel_scope.cancel()
+    assert every.stamps == [approx(0.02 * k) for k in range(10)]
+    assert every.idle == [True] * 3 + [False] * 4 + [True] * 3  # (0.12: the source ends, its frame made)
+    assert quiet.stamps == every.stamps[3:7] and not any(quiet.idle)
+    assert mixers["quiet"].statistics() == mixers["every"].statistics()  # (ticks 10, no underrun)
+    assert mixers["quiet"].statistics().ticks == 10
 
 
 async def test_tick_clock_phase(autojump_clock: trio.testing.MockClock) -> None:

@@ -1126,3 +1126,8 @@ class _NowaitSink:
     def __init__(self, transport: NowaitAudio) -> None:
         self.send_nowait = transport.send_audio_nowait
         self.wait_ready = transport.wait_send_space
+        self._transport = transport
+
+    @property
+    def sends_idle(self) -> bool:
+        return bool(getattr(self._transport, "send_silence", True))  # (the WebSocket transports' option)

@@ -34,7 +34,10 @@ from .polyphase import Polyphase
 __all__ = ["Mixer", "MixerSource", "MixerStatistics", "TickClock", "is_idle"]
 
 class NowaitSink(Protocol):
-    """A frame sink that takes frames without waiting (the clock-driven pump, `Mixer.run`)."""
+    """A frame sink that takes frames without waiting (the clock-driven pump, `Mixer.run`).
+
+    It may also have a `sends_idle` attribute: False while it would leave a frame with nothing to
+    play (`is_idle`) unsent, and the pump then does not make one (read at each such tick)."""
 
     def send_nowait(self, frame: AudioFrame) -> bool:
         """Take `frame` (it is sent or queued); False when more would have to wait."""
@@ -486,6 +489,7 @@ class Mixer:
         mixed and handed over inside the clock's own task at each tick (no task switch per
         session per tick; `send_channel` is then unused): this task only waits while the sink
         is full (those ticks are underruns, as when a send blocks) and re-raises what failed.
+        A sink whose `sends_idle` is False gets no frame at a tick with nothing to play.
         """
         if clock is not None and not math.isclose(clock.period, self.frame_duration):
             raise ValueError(f"the clock ticks every {clock.period} s but this mixer's frame is {self.frame_duration} s")
@@ -545,6 +549,11 @@ class Mixer:
                 late = trio.current_time() - deadline - _WAKE_AFTER
                 if late >= period:
                     self._underruns += int(late // period)
+                if not (self._sources or self.tap is not None or self._duck_level != 1.0) and not getattr(sink, "sends_idle", True):
+                    # Nothing to play (most of a call's ticks), and the sink would not send the
+                    # frame: none is made; the tick is counted, late or not, as before.
+                    self._ticks += 1
+                    return
                 if not sink.send_nowait(self.mix(deadline)):
                     blocked = True
                     wake.set()
