@@ -400,3 +400,75 @@ def test_silence_is_one_shared_read_only_frame_and_sources_still_mix() -> None:
     assert mixer.mix(0.02 * ticks).samples is a.samples  # the source played out: shared silence again
     assert mixer.statistics().ticks == ticks + 1 and len(heard) == ticks + 1  # (every tick counted and tapped)
 
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 3), min_size=1, max_size=12),  # frames pushed before each tick (in ticks' worth)
+    st.sampled_from([None, "pause", "stop", "background", "gain"]),
+    st.integers(0, 20),  # the tick at which that happens
+    st.sampled_from([480, 240, 700]),  # samples a pushed frame holds (a tick is 480)
+)
+def test_a_voice_alone_plays_its_frames_as_pushed_exactly_as_the_float_path(pushes: list[int], event: str | None, at: int, size: int) -> None:
+    """One voice at the mixer's rate, steady, alone: its frames are played as pushed (no float
+    round trip). The same audio pushed as float takes the general path: every output frame,
+    played position, mark and duck level is the same, through fades, a pause, a stop, a
+    background that comes in, a gain, frames that do not line up with the ticks."""
+    rng = np.random.default_rng(len(pushes) * 100 + at)
+    mixers = [Mixer(sample_rate=24000, fade_duration=0.01), Mixer(sample_rate=24000, fade_duration=0.01)]
+    voices = [m.add_source(24000, voice=True) for m in mixers]
+    marks: list[list[int]] = [[], []]
+    for i, voice in enumerate(voices):
+        for k in range(1, 8):
+            voice.call_when_played(k * 0.015, lambda i=i, k=k: marks[i].append(k))  # type: ignore[misc]
+    pcm = rng.integers(-32768, 32768, size=sum(pushes) * size, dtype=np.int16)
+    pcm[:4] = (-32768, 32767, -32768, 32767)  # (the ends of the range)
+    out: list[list[np.ndarray]] = [[], []]
+    pos = 0
+    for tick in range(len(pushes) + 40):
+        if tick < len(pushes) and not (event == "stop" and tick > at):
+            chunk = pcm[pos : pos + pushes[tick] * size]
+            pos += len(chunk)
+            for j in range(0, len(chunk), size):
+                frame = AudioFrame(chunk[j : j + size].copy(), 24000)
+                voices[0].push(frame)  # as pushed: int16 kept
+                voices[1].push_float(frame.to_float())  # float: the general path
+        elif tick == len(pushes) and not (event == "stop" and tick > at):
+            for voice in voices:
+                voice.end()
+        if tick == at:
+            for m, voice in zip(mixers, voices):
+                if event == "pause":
+                    voice.pause()
+                elif event == "stop":
+                    voice.stop()
+                elif event == "background":
+                    bg = m.add_source(24000, name="bg", loop=True)
+                    bg.push(AudioFrame(np.full(480, 1000, np.int16), 24000))
+                    bg.end()
+                elif event == "gain":
+                    voice.gain = 0.5
+        if tick == at + 5 and event == "pause":
+            for voice in voices:
+                voice.resume()
+        for i, m in enumerate(mixers):
+            out[i].append(m.mix(tick * TICK).samples.copy())
+    for a, b in zip(*out):
+        assert np.array_equal(a, b)
+    assert [v.played_samples for v in voices] == [voices[1].played_samples] * 2
+    assert [v.played_out_at for v in voices] == [voices[1].played_out_at] * 2
+    assert marks[0] == marks[1]
+    assert mixers[0]._duck_level == mixers[1]._duck_level
+    assert mixers[0].statistics() == mixers[1].statistics()
+
+
+def test_a_voice_alone_at_the_mixers_rate_is_played_as_pushed() -> None:
+    """(The shortcut above is taken: the frame mixed is the array pushed.)"""
+    mixer = Mixer(sample_rate=24000)
+    voice = mixer.add_source(24000, voice=True)
+    frames = [AudioFrame(np.full(480, 1000 * k, np.int16), 24000) for k in range(1, 4)]
+    for frame in frames:
+        voice.push(frame)
+    first = mixer.mix(0.0)  # (a fade-in: the general path)
+    assert not np.shares_memory(first.samples, frames[0].samples)
+    assert mixer.mix(0.02).samples is frames[1].samples and mixer.mix(0.04).samples is frames[2].samples

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import attrs
 import numpy as np
@@ -49,6 +49,8 @@ class NowaitSink(Protocol):
 
 
 _WAKE_AFTER = 1e-6  # seconds the pump wakes after each tick's deadline (see Mixer.run)
+_INT16 = np.dtype(np.int16)
+_FROM_INT16 = np.float32(1.0 / 32768.0)
 
 
 @attrs.frozen
@@ -105,8 +107,10 @@ class MixerSource:
     gain: float
     _mixer_rate: int
     _stream: Polyphase | _SoxrStream | None = attrs.field(init=False, default=None)
-    _chunks: collections.deque[Float32Array] = attrs.field(init=False, factory=collections.deque)
-    _history: list[Float32Array] = attrs.field(init=False, factory=list)
+    # Queued audio at the mixer's rate: float32, or int16 as pushed (a frame at the mixer's rate
+    # is kept as it came: one voice alone plays it as it is, see `Mixer.mix`).
+    _chunks: collections.deque[Float32Array | Int16Array] = attrs.field(init=False, factory=collections.deque)
+    _history: list[Float32Array | Int16Array] = attrs.field(init=False, factory=list)
     _offset: int = attrs.field(init=False, default=0)
     _queued: int = attrs.field(init=False, default=0)
     _level: float = attrs.field(init=False, default=0.0)
@@ -134,7 +138,8 @@ class MixerSource:
 
     # -- feeding ----------------------------------------------------------------------------
     def push(self, frame: AudioFrame) -> None:
-        """Queue a frame; it is resampled to the mixer rate now, not on the tick.
+        """Queue a frame; it is resampled to the mixer rate now, not on the tick. A frame at
+        the mixer's rate is kept, not copied (frames are values: do not change its samples).
 
         Raises:
             ValueError: the frame's rate is not this source's `sample_rate`.
@@ -146,6 +151,9 @@ class MixerSource:
             )
         if self._ended or self._stopping:
             raise RuntimeError(f"source {self.name!r} is closed for input")
+        if self._stream is None and frame.channels == 1:
+            self._queue(frame.samples)
+            return
         self._append(frame.to_mono().to_float())
 
     def push_float(self, samples: Float32Array) -> None:
@@ -170,6 +178,9 @@ class MixerSource:
     def _append(self, data: Float32Array, resampled: bool = False) -> None:
         if self._stream is not None and not resampled:
             data = self._stream.process(data)
+        self._queue(data)
+
+    def _queue(self, data: Float32Array | Int16Array) -> None:
         if len(data) == 0:
             return
         self._chunks.append(data)
@@ -240,7 +251,7 @@ class MixerSource:
         )
 
     def _take(self, n: int) -> tuple[Float32Array, int]:
-        """Up to n queued samples (zero-padded to n) and how many were real audio."""
+        """Up to n queued samples (zero-padded to n), as float32, and how many were real audio."""
         if self._queued == 0:
             self._rewind()
         if self._queued == 0:
@@ -251,12 +262,12 @@ class MixerSource:
         if left > n:
             self._offset = off + n
             self._queued -= n
-            return head[off : off + n], n
+            return _as_float(head[off : off + n]), n
         if left == n:  # (the common case: a TTS frame of exactly one tick at the mixer's rate)
             self._chunks.popleft()
             self._offset = 0
             self._queued -= n
-            return head[off:], n
+            return _as_float(head[off:] if off else head), n
         parts: list[Float32Array] = []
         got = 0
         while got < n:
@@ -264,7 +275,7 @@ class MixerSource:
                 break
             head = self._chunks[0]
             piece = head[self._offset : self._offset + (n - got)]
-            parts.append(piece)
+            parts.append(_as_float(piece))
             got += len(piece)
             if self._offset + len(piece) >= len(head):
                 self._chunks.popleft()
@@ -275,6 +286,18 @@ class MixerSource:
         if got < n:
             parts.append(np.zeros(n - got, np.float32))
         return np.concatenate(parts), got
+
+    def _take_as_pushed(self, n: int) -> Int16Array | None:
+        """The next n samples as they were pushed, when they are one int16 frame of exactly
+        n (a voice at the mixer's rate, steady); else None and nothing taken."""
+        if self._offset or self._queued < n:
+            return None
+        head = self._chunks[0]
+        if head.dtype is not _INT16 or len(head) != n:
+            return None
+        self._chunks.popleft()
+        self._queued -= n
+        return cast(Int16Array, head)
 
     def _rewind(self) -> bool:
         """Queue the audio again from the start, for a looping source that has ended."""
@@ -392,6 +415,26 @@ class Mixer:
                 self.tap(frame)
             return frame
         n = self._frame_samples
+        if len(sources) == 1:
+            s = sources[0]
+            if s.voice and s.gain == 1.0 and s._level == 1.0 and not (s._stopping or s._paused or s.loop):
+                if s._marks:
+                    s._fire_marks()
+                samples = s._take_as_pushed(n)
+                if samples is not None:
+                    # One voice alone, steady, and its next frame as a TTS pushed it (int16,
+                    # at the mixer's rate): the mixed frame is that frame, bit for bit what
+                    # the float path below makes of it, without its eight numpy calls.
+                    s.played_samples += n
+                    if s._ended and s._queued == 0:
+                        s._level = 0.0  # played out on the next tick
+                    if self._duck_level != self._duck:
+                        _, self._duck_level = _ramp(self._duck_level, self._duck, self._fade_step, n, self._steps)
+                    self._ticks += 1
+                    frame = AudioFrame._trusted(samples, self.sample_rate, 1, now)
+                    if self.tap is not None:
+                        self.tap(frame)
+                    return frame
         step = self._fade_step
         steps = self._steps
         acc = self._acc
@@ -590,6 +633,13 @@ class _SoxrStream:
         out: Float32Array = self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
         self._stream.clear()
         return out
+
+
+def _as_float(samples: Float32Array | Int16Array) -> Float32Array:
+    """Queued samples as float32 in [-1, 1) (int16 ones scaled: exact)."""
+    if samples.dtype == _INT16:
+        return np.multiply(samples, _FROM_INT16, dtype=np.float32)
+    return cast(Float32Array, samples)
 
 
 _IDLE: dict[int, Int16Array] = {}
