@@ -144,10 +144,12 @@ class EnergyVAD:
     _segmenter: Segmenter = attrs.field(init=False)
     _win: int = attrs.field(init=False)
     _threshold: float = attrs.field(init=False)
+    _ones: np.ndarray = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._segmenter = Segmenter(self.min_speech_duration, self.min_silence_duration)
         self._win = max(1, round(self.window * self.sample_rate))
+        self._ones = np.ones(self._win, np.float32)
         self._threshold = (10 ** (self.threshold_db / 20) * 32768.0) ** 2
 
     @property
@@ -183,9 +185,10 @@ class EnergyVAD:
         else:
             x = x.reshape(n, win)
             x *= x
-            # (compared in Python: a frame has two or three windows, less than a numpy call
-            # costs; the ufunc: ndarray.sum adds a Python frame)
-            loud = [e > limit for e in np.add.reduce(x, 1).tolist()]
+            # Each window's sum: a matrix-vector product (BLAS: a third of what np.add.reduce
+            # over an axis costs); compared in Python (two or three windows: less than a numpy
+            # call costs).
+            loud = [e > limit for e in x.dot(self._ones).tolist()]
         return self._segmenter.feed_windows(frame.timestamp, win / self.sample_rate, loud)
 
 
