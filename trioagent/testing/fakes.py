@@ -134,6 +134,7 @@ class ToneTTS:
         self.frame_duration = frame_duration
         self.frequency = frequency
         self.texts: list[str] = []
+        self._tones: dict[int, np.ndarray] = {}  # the tone of each length made so far (read-only)
 
     def duration_of(self, text: str) -> float:
         return len(text.split()) * self.seconds_per_word
@@ -142,8 +143,15 @@ class ToneTTS:
         self.texts.append(text)
         await trio.sleep(self.ttfb)
         n = round(self.duration_of(text) * self.sample_rate)
-        t = np.arange(n) / self.sample_rate
-        pcm = np.rint(0.3 * 32767 * np.sin(2 * math.pi * self.frequency * t)).astype(np.int16)
+        pcm = self._tones.get(n)
+        if pcm is None:
+            # (made once per length: a fake provider should cost next to nothing, and the sine
+            # of a whole reply was 2.5% of bench/serve_load.py's server at 150 callers)
+            t = np.arange(n) / self.sample_rate
+            pcm = np.rint(0.3 * 32767 * np.sin(2 * math.pi * self.frequency * t)).astype(np.int16)
+            pcm.flags.writeable = False
+            if len(self._tones) < 64:
+                self._tones[n] = pcm
         step = round(self.frame_duration * self.sample_rate)
         for i in range(0, n, step):
             yield AudioFrame(pcm[i : i + step], self.sample_rate)
