@@ -110,6 +110,8 @@ class _Ears:
     _rate: int = attrs.field(init=False)
     _to_stt: StreamResampler = attrs.field(init=False)
     _to_vad: StreamResampler = attrs.field(init=False)
+    _resample: bool = attrs.field(init=False)  # the STT or the VAD runs at another rate than the input
+    _host: PipelineHost = attrs.field(init=False)
     _chunk_size: int = attrs.field(init=False)  # samples (at the STT's rate) in a chunk
     _chunk: list[AudioFrame] = attrs.field(init=False, factory=list)  # for the STT: up to STT_CHUNK, or a VAD event
     _chunk_samples: int = attrs.field(init=False, default=0)
@@ -126,6 +128,8 @@ class _Ears:
         stt_rate = pipeline.stt.sample_rate
         self._to_stt = StreamResampler(self._rate, stt_rate)
         self._to_vad = self._to_stt if pipeline.vad.sample_rate == stt_rate else StreamResampler(self._rate, pipeline.vad.sample_rate)
+        self._resample = not (stt_rate == pipeline.vad.sample_rate == self._rate)
+        self._host = pipeline.host  # (attached for the pipeline's run, which these ears are part of)
         self._chunk_size = round(STT_CHUNK * stt_rate)
 
     async def listen(self) -> None:
@@ -172,19 +176,23 @@ class _Ears:
     def hear(self, frame: AudioFrame) -> None:
         """The VAD hears `frame` and its events go to the controller; it joins the STT's chunk,
         which goes when full or at a VAD event. Not a checkpoint: what cannot go now is owed."""
-        pipeline = self.pipeline
         if frame.sample_rate != self._rate:
             _log.error("dropped a %d Hz input frame: the transport said %d Hz", frame.sample_rate, self._rate)
             return
-        if (tap := pipeline.host.speech_in) is not None:
+        if (tap := self._host.speech_in) is not None:
             tap(frame)
-        frame = frame.to_mono()
-        stt_frame = self._to_stt.process(frame)
-        vad_frame = stt_frame if self._to_vad is self._to_stt else self._to_vad.process(frame)
+        if frame.channels != 1:
+            frame = frame.to_mono()
+        if self._resample:
+            stt_frame = self._to_stt.process(frame)
+            vad_frame = stt_frame if self._to_vad is self._to_stt else self._to_vad.process(frame)
+        else:
+            stt_frame = vad_frame = frame  # (the usual case: one rate; a frame at 16 kHz, say)
         # VAD events first: the controller must see "speech started" before any transcript the
         # STT makes from the same audio.
-        assert pipeline.vad is not None
-        events = pipeline.vad.process(vad_frame)
+        vad = self.pipeline.vad
+        assert vad is not None
+        events = vad.process(vad_frame)
         for event in events:
             if self._owed_events:
                 self._owed_events.append(event)

@@ -44,6 +44,7 @@ _log = logging.getLogger("trioagent.transports.websocket")
 _MAX_PENDING_MARKS = 64  # 12.8 s of audio at one mark per 200 ms
 _ANSWER = "Answer the user."
 _INT16 = np.dtype(np.int16)
+_PCM16 = np.dtype("<i2")  # (a dtype object: frombuffer parses a string each call)
 INPUT_QUEUE = 500  # 10 s of 20 ms input frames waiting for the session: beyond, reading waits
 
 
@@ -378,7 +379,7 @@ class BrowserTransport(_WebSocketTransport):
             return False
         if len(message) % 2:
             raise ProtocolError(f"an audio message of {len(message)} bytes is not whole 16-bit samples")
-        self._deliver(np.frombuffer(message, "<i2"))
+        self._deliver(np.frombuffer(message, _PCM16))
         return True
 
     async def receive(self, message: str | bytes) -> None:
