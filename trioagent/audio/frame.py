@@ -12,6 +12,7 @@ audio re-cut for the VAD and STT, synthetic test audio."""
 
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
+INT16 = np.dtype(np.int16)  # the samples' dtype (one object: hot paths compare it with `is`)
 
 
 def _check_rate(sample_rate: int) -> None:

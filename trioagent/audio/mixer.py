@@ -28,7 +28,7 @@ import numpy as np
 import soxr
 import trio
 
-from .frame import FRAME_DURATION, AudioFrame, Float32Array, Int16Array
+from .frame import FRAME_DURATION, INT16, AudioFrame, Float32Array, Int16Array
 from .polyphase import Polyphase
 
 __all__ = ["Mixer", "MixerSource", "MixerStatistics", "TickClock", "is_idle"]
@@ -49,7 +49,6 @@ class NowaitSink(Protocol):
 
 
 _WAKE_AFTER = 1e-6  # seconds the pump wakes after each tick's deadline (see Mixer.run)
-_INT16 = np.dtype(np.int16)
 _FROM_INT16 = np.float32(1.0 / 32768.0)
 
 
@@ -293,7 +292,7 @@ class MixerSource:
         if self._offset or self._queued < n:
             return None
         head = self._chunks[0]
-        if head.dtype is not _INT16 or len(head) != n:
+        if head.dtype is not INT16 or len(head) != n:
             return None
         self._chunks.popleft()
         self._queued -= n
@@ -637,7 +636,7 @@ class _SoxrStream:
 
 def _as_float(samples: Float32Array | Int16Array) -> Float32Array:
     """Queued samples as float32 in [-1, 1) (int16 ones scaled: exact)."""
-    if samples.dtype == _INT16:
+    if samples.dtype == INT16:
         return np.multiply(samples, _FROM_INT16, dtype=np.float32)
     return cast(Float32Array, samples)
 

@@ -13,6 +13,11 @@ from .base import VADEvent
 
 __all__ = ["EnergyVAD", "PreRoll", "Segmenter"]
 
+# EnergyVAD's shortcut for a quiet frame: the whole frame's sum of squares and a window's are
+# rounded differently (float32), so a frame just under the threshold goes the long way and
+# both ways decide every window alike.
+_MARGIN = 1 - 1e-4
+
 
 @attrs.define(eq=False)
 class Segmenter:
@@ -189,9 +194,4 @@ class EnergyVAD:
             # over an axis costs); compared in Python (two or three windows: less than a numpy
             # call costs).
             loud = [e > limit for e in x.dot(self._ones).tolist()]
-        return self._segmenter.feed_windows(frame.timestamp, win / self.sample_rate, loud)
-
-
-# The whole frame's sum of squares and a window's are rounded differently (float32): a frame
-# just under the threshold goes the long way, so both ways decide every window alike.
-_MARGIN = 1 - 1e-4
+        return seg.feed_windows(frame.timestamp, win / self.sample_rate, loud)

@@ -26,7 +26,7 @@ import trio
 from .._proto import browser as bp
 from .._proto import openai_realtime as rt
 from .._proto.twilio import TwilioDtmf, TwilioMark, TwilioMedia, TwilioProtocol, TwilioStart, TwilioStop
-from ..audio.frame import FRAME_DURATION, AudioFrame
+from ..audio.frame import FRAME_DURATION, INT16, AudioFrame
 from ..audio.mixer import is_idle
 from ..chat import ChatMessage, ChatRole
 from ..errors import CloseCode, ProtocolError
@@ -43,7 +43,6 @@ _log = logging.getLogger("trioagent.transports.websocket")
 
 _MAX_PENDING_MARKS = 64  # 12.8 s of audio at one mark per 200 ms
 _ANSWER = "Answer the user."
-_INT16 = np.dtype(np.int16)
 _PCM16 = np.dtype("<i2")  # (a dtype object: frombuffer parses a string each call)
 INPUT_QUEUE = 500  # 10 s of 20 ms input frames waiting for the session: beyond, reading waits
 
@@ -214,7 +213,7 @@ class _WebSocketTransport(HandsInputOff):
         `samples` are int16 (`np.frombuffer` of the message, or decoded): contiguous."""
         rate = self.input_sample_rate
         step = self._step or self._frame_step()
-        if len(samples) == self._fast_step and not len(self._remainder) and not self._owed and samples.dtype is _INT16:
+        if len(samples) == self._fast_step and not len(self._remainder) and not self._owed and samples.dtype is INT16:
             # The usual message: one frame (a browser's or Twilio's 20 ms), nothing left over,
             # nothing owed: the general path below, without its cutting.
             now = trio.current_time()
