@@ -408,11 +408,7 @@ class Mixer:
         sources = self._sources
         if not sources and self._duck_level == 1.0:
             # Silence, most of a call's ticks: none of the work below.
-            self._ticks += 1
-            frame = AudioFrame._trusted(self._silence, self.sample_rate, 1, now)
-            if self.tap is not None:
-                self.tap(frame)
-            return frame
+            return self._out(self._silence, now)
         n = self._frame_samples
         if len(sources) == 1:
             s = sources[0]
@@ -429,11 +425,7 @@ class Mixer:
                         s._level = 0.0  # played out on the next tick
                     if self._duck_level != self._duck:
                         _, self._duck_level = _ramp(self._duck_level, self._duck, self._fade_step, n, self._steps)
-                    self._ticks += 1
-                    frame = AudioFrame._trusted(samples, self.sample_rate, 1, now)
-                    if self.tap is not None:
-                        self.tap(frame)
-                    return frame
+                    return self._out(samples, now)
         step = self._fade_step
         steps = self._steps
         acc = self._acc
@@ -498,12 +490,16 @@ class Mixer:
                 s._level = 0.0  # played out on the next tick
             keep.append(s)
         self._sources = keep
-        self._ticks += 1
         np.multiply(acc, 32768.0, out=acc)
         np.minimum(acc, 32767.0, out=acc)  # saturate: no wrap-around (two ufuncs: np.clip's
         np.maximum(acc, -32768.0, out=acc)  # Python wrapper costs more than both)
         np.rint(acc, out=acc)
-        frame = AudioFrame._trusted(acc.astype(np.int16), self.sample_rate, 1, now)
+        return self._out(acc.astype(np.int16), now)
+
+    def _out(self, samples: Int16Array, now: float) -> AudioFrame:
+        """The tick's frame: counted, shown to the tap."""
+        self._ticks += 1
+        frame = AudioFrame._trusted(samples, self.sample_rate, 1, now)
         if self.tap is not None:
             self.tap(frame)
         return frame
