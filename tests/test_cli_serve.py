@@ -27,6 +27,28 @@ def test_serve_needs_a_secret(capsys: pytest.CaptureFixture[str], monkeypatch: p
     assert "a secret is needed" in capsys.readouterr().err
 
 
+def test_serve_raises_the_open_file_limit_and_fits_max_pending(capsys: pytest.CaptureFixture[str]) -> None:
+    """The soft open-file limit (often 1,024, for select(), which trio does not use) is raised
+    to the hard one; `--max-pending` is lowered only when sessions and pending connections
+    cannot fit even then (the lower hard limit is in test_workers, in a process of its own)."""
+    import resource
+
+    from trioagent.cli import _fit_descriptors
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard < 2048:
+        pytest.skip(f"needs a finite hard open-file limit of 2,048 or more (it is {hard})")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        assert _fit_descriptors(200, 1000) == 1000
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+        assert capsys.readouterr().err == ""
+        assert _fit_descriptors(hard - 100, 1000) == 36  # (room for 36 beside the sessions and the spares)
+        assert f"{hard} open files at most (ulimit -n): --max-pending lowered from 1000 to 36" in capsys.readouterr().err
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 async def test_serve_process_drains_on_sigterm() -> None:
     """Runs on the real clock: a separate process cannot share a MockClock. Nothing is timed."""
     cmd = [sys.executable, "-m", "trioagent", "serve", "tests.netkit:factory", "--port", "0", "--insecure", "--grace", "0.5"]

@@ -281,7 +281,41 @@ async def test_a_connection_accepted_before_a_drain_is_served(autojump_clock: tr
     await trio.sleep(0.1)  # accepted; its request head is still to come
     server.shutdown()
     await trio.sleep(0.1)
-    assert server.active == 0 and server._arriving == 1  # (the drain waits for it)
+    assert server.active == 0 and len(server._pending) == 1  # (the drain waits for it)
     client = await browser_conversation(listener, stream=stream)
     assert [m["text"] for m in client.of("agent_text")] == ["Hi there. How can I help?"]
     assert client.closed is not None and client.closed.code == 1000 and server.refused == {}
+
+
+async def test_a_flood_of_silent_connections_drops_the_oldest_not_a_caller(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connections that send nothing (or half a request) are held for `hello_timeout` each; past
+    `max_pending` of them, each new connection drops the one that has waited longest, so a
+    caller, whose request comes at once, is never the one dropped and is served."""
+    server, listener = await start_memory_server(nursery, max_pending=5, hello_timeout=10.0)
+    t0 = trio.current_time()
+    closed: dict[int, float] = {}
+
+    async def watch(i: int, stream: trio.abc.Stream) -> None:
+        while await stream.receive_some(65536):
+            pass
+        closed[i] = trio.current_time() - t0
+
+    for i in range(8):
+        stream = await listener.connect()
+        if i % 2:
+            await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # half a request head
+        nursery.start_soon(watch, i, stream)
+        await trio.sleep(0.5)
+    # A caller comes during the flood (the ninth connection: it drops the fourth silent one).
+    t = trio.current_time() - t0
+    client = await browser_conversation(listener)
+    assert [m["text"] for m in client.of("transcript")] == ["hello agent"]
+    await trio.sleep(20)
+    # The three oldest were dropped as the sixth, seventh and eighth came, the fourth by the
+    # caller; the rest at their hello_timeout.
+    assert closed == {0: 2.5, 1: 3.0, 2: 3.5, 3: t, 4: 12.0, 5: 12.5, 6: 13.0, 7: 13.5}
+    assert server.refused == {"pending": 4} and not server._pending
+    # A warning at most once a second, not one per connection.
+    assert caplog.text.count("without a request or handshake") == 2  # (at 2.5 s and 3.5 s)

@@ -127,3 +127,53 @@ async def test_workers_restart_roll_and_drain(tmp_path: Path) -> None:
     finally:
         supervisor.kill()
         supervisor.communicate()  # (reaps it and closes its pipes)
+
+
+async def test_a_flood_of_silent_connections_at_a_low_file_limit() -> None:
+    """2,500 connections that send nothing, against `--workers 2` under a 1,024-file limit it
+    cannot raise: `--max-pending` is fitted to the limit (with a warning), each worker drops its
+    oldest silent connections, and a caller and a health check in the middle of the flood are
+    served (before, every connection over the limit was dropped by the kernel, callers too)."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 3000:
+        import pytest
+
+        pytest.skip(f"this test needs 3,000 open files (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 3000) if hard == resource.RLIM_INFINITY else max(soft, min(hard, 4096)), hard))
+    port = free_port()
+    supervisor = subprocess.Popen(
+        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)),
+    )  # fmt: skip
+    silent: list[socket.socket] = []
+    try:
+        wait_port(port)
+        for _ in range(2500):
+            silent.append(socket.create_connection(("127.0.0.1", port)))
+        results: list[str] = []
+        await short_call(port, results)
+        assert results == ["answered"]
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(get("/healthz"))
+            raw = b""
+            while chunk := await stream.receive_some(65536):
+                raw += chunk
+        assert status_and_body(raw)[0] == 200
+        for s in silent:
+            s.close()  # (else the drain waits for them, as for any connection accepted before it)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=20) == 0
+        errors = supervisor.stderr.read() if supervisor.stderr else ""
+        assert "1024 open files at most (ulimit -n): --max-pending lowered from 1000 to 760" in errors
+        assert "dropped the oldest" in errors and "at its open-file limit" not in errors and "Traceback" not in errors
+    finally:
+        for s in silent:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        supervisor.kill()
+        supervisor.communicate()

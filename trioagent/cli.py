@@ -164,6 +164,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         parser_.add_argument("--max-sessions", type=int, default=200, help="sessions at once; more get close 1013")
         parser_.add_argument("--grace", type=_positive, default=10.0, help="seconds running sessions get on SIGTERM")
         parser_.add_argument("--factory-timeout", type=_positive, default=10.0, help="seconds the factory may take for a session (then close 1011)")
+        parser_.add_argument(
+            "--max-pending", type=int, default=1000,
+            help="connections still sending their request or handshake at most; beyond it each new one drops the oldest (within the file descriptor limit)",
+        )
         parser_.add_argument("--record-dir", default=None, help="record every call there as a stereo WAV (user left, agent right)")
         parser_.add_argument("--workers", type=int, default=1, help="worker processes, each one trio thread (0: one per core); connections go to the one with the fewest sessions")
         parser_.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # (a worker: connections come on this Unix socket)
@@ -267,8 +271,44 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("a secret is needed (--secret or $TRIOAGENT_SECRET), or --insecure for development")
     if args.record_dir is not None and not (os.path.isdir(args.record_dir) and os.access(args.record_dir, os.W_OK)):
         raise UsageError(f"--record-dir {args.record_dir}: not a directory this process can write to")
+    if args.max_pending < 1:
+        raise UsageError("--max-pending must be at least 1")
     factory = load_factory(args.factory)
+    args.max_pending = _fit_descriptors(args.max_sessions, args.max_pending)
     return trio.run(_serve_async, args, factory)
+
+
+# Descriptors a server process keeps besides one a connection: its listeners, the poller, a
+# worker's Unix socket, log files, a recording's WAV, an MCP server's pipes.
+_SPARE_DESCRIPTORS = 64
+
+
+def _fit_descriptors(max_sessions: int, max_pending: int) -> int:
+    """Raise this process's open-file limit to its hard limit (the soft one is often 1024, a
+    relic of select(), which trio does not use) and return `max_pending`, lowered (with a
+    warning) so that sessions and pending connections fit in it: past the limit, accepting
+    fails and a worker loses the connections handed to it, callers and health checks alike."""
+    try:
+        import resource
+    except ImportError:  # (not on Unix: no such limit to raise)
+        return max_pending
+    unlimited = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != unlimited and (hard == unlimited or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != unlimited else 1 << 20, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    room = soft - max_sessions - _SPARE_DESCRIPTORS
+    if soft == unlimited or max_pending <= room:
+        return max_pending
+    fitted = max(16, room)
+    print(
+        f"trioagent: warning: {soft} open files at most (ulimit -n): --max-pending lowered from {max_pending} to {fitted}"
+        + ("; --max-sessions is more than that limit allows" if room < 16 else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    return fitted
 
 
 async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> int:
@@ -327,6 +367,7 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_sessions": args.max_sessions,
         "grace": args.grace,
         "factory_timeout": args.factory_timeout,
+        "max_pending": args.max_pending,
         "record_dir": args.record_dir,
     }
 
@@ -334,6 +375,7 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
 def _worker_args(args: argparse.Namespace) -> list[str]:
     """The serve options a worker needs (it does not listen: the supervisor does)."""
     out = [args.factory, "--max-sessions", str(args.max_sessions), "--grace", str(args.grace), "--factory-timeout", str(args.factory_timeout)]
+    out += ["--max-pending", str(args.max_pending)]
     out += ["--secret", args.secret] if args.secret else ["--insecure"]
     for origin in args.origin or []:
         out += ["--origin", origin]

@@ -83,7 +83,11 @@ class Server:
     Every wait on a peer is bounded: the request head and the WebSocket handshake and the hello
     (`hello_timeout`), the agent factory (`factory_timeout`), each close handshake
     (`close_timeout`, after which the TCP connection is dropped). A session's slot is free as
-    soon as the session ends, whatever the peer does with the close frame.
+    soon as the session ends, whatever the peer does with the close frame. So is the number of
+    connections still sending their request head or handshake (`max_pending`): beyond it, each
+    new connection drops the one that has waited longest, so a flood of connections that send
+    nothing costs each a file descriptor for a moment, not the server its callers (a caller's
+    request takes milliseconds; the flood's are the oldest).
     """
 
     factory: AgentFactory
@@ -95,6 +99,7 @@ class Server:
     factory_timeout: float = 10.0
     grace: float = 10.0
     close_timeout: float = 2.0
+    max_pending: int = 1000
     on_session: Callable[[AgentSession], None] | None = None
     record_dir: str | None = None
     port: int = 0
@@ -106,7 +111,9 @@ class Server:
     _poller: ReadPoller | None = attrs.field(init=False, default=None)  # reads the WebSocket connections (Linux)
     _live: list[_Connection] = attrs.field(factory=list)
     _open: int = attrs.field(init=False, default=0)  # connections with a session or still closing
-    _arriving: int = attrs.field(init=False, default=0)  # accepted, request or handshake under way
+    # Accepted, request or handshake under way, oldest first: each one's scope, cancelled to drop it.
+    _pending: dict[trio.CancelScope, None] = attrs.field(init=False, factory=dict)
+    _dropped_at: float = attrs.field(init=False, default=-float("inf"))  # the last log of a drop
     _shutdown: trio.Event = attrs.field(factory=trio.Event)
     _idle: trio.Event = attrs.field(factory=trio.Event)
     metrics: ServerMetrics | None = attrs.field(init=False, default=None)
@@ -185,7 +192,7 @@ class Server:
 
     async def _wait_idle(self, closing: bool = False) -> None:
         """Until no session runs (with `closing`: until no connection is still closing either)."""
-        while self.active or self._arriving or (closing and self._open):
+        while self.active or self._pending or (closing and self._open):
             self._idle = trio.Event()
             await self._idle.wait()
 
@@ -209,38 +216,39 @@ class Server:
         # A connection accepted before a drain began is served (a worker's supervisor handed it
         # over: refusing it would refuse a call during a rolling restart); the drain waits for
         # it as for a session.
-        self._arriving += 1
-        arriving = True
+        waiting = trio.CancelScope()  # until it is a session or refused: cancelled to drop it
+        self._pending[waiting] = None
+        if len(self._pending) > self.max_pending:
+            self._drop_oldest()
 
         def arrived() -> None:
-            nonlocal arriving
-            if arriving:
-                arriving = False
-                self._arriving -= 1
+            if waiting in self._pending:  # (not dropped meanwhile)
+                del self._pending[waiting]
                 self._idle.set()
 
         try:
-            async with stream:  # whatever happens, the TCP connection is closed at the end
-                routed = None  # (no complete request head in time: just close)
-                with trio.move_on_after(self.hello_timeout):
-                    routed = await self._route(stream)
-                if routed is None:
-                    return
-                path, query, head = routed
-                ws = None
-                with trio.move_on_after(self.hello_timeout):
-                    try:
-                        ws = await ServerWebSocket.accept(stream, head, max_message_size=self.max_message_size)
-                    except HandshakeFailed as exc:
-                        self._refuse("handshake")
-                        await self._plain(stream, 400, str(exc).encode())
-                if ws is not None:
-                    if self._poller is not None:
-                        ws.read_with(self._poller)
-                    try:
-                        await self._websocket(ws, path, query, arrived)
-                    finally:
-                        ws.stop_polling()  # (before the stream closes)
+            with waiting:  # (a drop: the connection closes)
+                async with stream:  # whatever happens, the TCP connection is closed at the end
+                    routed = None  # (no complete request head in time: just close)
+                    with trio.move_on_after(self.hello_timeout):
+                        routed = await self._route(stream)
+                    if routed is None:
+                        return
+                    path, query, head = routed
+                    ws = None
+                    with trio.move_on_after(self.hello_timeout):
+                        try:
+                            ws = await ServerWebSocket.accept(stream, head, max_message_size=self.max_message_size)
+                        except HandshakeFailed as exc:
+                            self._refuse("handshake")
+                            await self._plain(stream, 400, str(exc).encode())
+                    if ws is not None:
+                        if self._poller is not None:
+                            ws.read_with(self._poller)
+                        try:
+                            await self._websocket(ws, path, query, arrived)
+                        finally:
+                            ws.stop_polling()  # (before the stream closes)
         except BaseException as exc:  # noqa: BLE001 - sorted below; nothing escapes to other sessions
             if not isinstance(exc, Exception):
                 raise  # cancellation, KeyboardInterrupt
@@ -251,6 +259,21 @@ class Server:
                 _log.debug("peer went away: %r", gone)
         finally:
             arrived()
+
+    def _drop_oldest(self) -> None:
+        """Drop the connection that has waited longest for its request or handshake (counted
+        in `refused` as "pending"; logged at most once a second, a flood is not a log flood)."""
+        oldest = next(iter(self._pending))
+        del self._pending[oldest]
+        oldest.cancel()
+        self._refuse("pending")
+        self._idle.set()
+        now = trio.current_time()
+        if now - self._dropped_at >= 1.0:
+            self._dropped_at = now
+            _log.warning(
+                "over %d connections without a request or handshake: dropped the oldest (%d so far)", self.max_pending, self.refused["pending"]
+            )
 
     async def _route(self, stream: trio.abc.Stream) -> tuple[str, dict[str, str], bytes] | None:
         """Read the request head and answer every plain-HTTP case here (the page, errors).
@@ -588,6 +611,7 @@ async def serve(
     max_message_size: int = 64 * 1024,
     grace: float = 10.0,
     factory_timeout: float = 10.0,
+    max_pending: int = 1000,
     on_session: Callable[[AgentSession], None] | None = None,
     listeners: Sequence[trio.abc.Listener[Any]] | None = None,
     record_dir: str | None = None,
@@ -606,6 +630,8 @@ async def serve(
         grace: on shutdown, how long running sessions may go on before they are closed.
         factory_timeout: a factory that has not returned by then closes that connection
             with 1011.
+        max_pending: connections still sending their request head or handshake at most;
+            beyond it each new one drops the one that has waited longest.
         on_session: called with each new `AgentSession` before it starts (to subscribe to
             its events, count, log).
         listeners: serve these (already bound) instead of listening on host and port.
@@ -620,6 +646,7 @@ async def serve(
         max_message_size=max_message_size,
         grace=grace,
         factory_timeout=factory_timeout,
+        max_pending=max_pending,
         on_session=on_session,
         record_dir=record_dir,
     )

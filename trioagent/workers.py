@@ -50,10 +50,16 @@ class FdListener(trio.abc.Listener[trio.abc.Stream]):
         self._sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
         self._on_drain = on_drain
         self._closed = False
+        self.lost = 0
+        """Connections handed over that this process had no descriptor for (the kernel closed them)."""
+        self._lost_logged_at = -float("inf")
 
     async def accept(self) -> trio.abc.Stream:
         while True:
-            message, ancillary, _, _ = await self._sock.recvmsg(1, socket.CMSG_LEN(array.array("i", [0]).itemsize))
+            message, ancillary, flags, _ = await self._sock.recvmsg(1, socket.CMSG_LEN(array.array("i", [0]).itemsize))
+            if flags & socket.MSG_CTRUNC:  # (at the open-file limit: the descriptor did not come)
+                self._lose()
+                continue
             if not message:
                 self._on_drain()  # (the supervisor is gone: finish what runs, take nothing new)
                 await trio.sleep_forever()
@@ -65,6 +71,13 @@ class FdListener(trio.abc.Listener[trio.abc.Stream]):
                     fds = array.array("i")
                     fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
                     return trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0])))
+
+    def _lose(self) -> None:
+        self.lost += 1
+        now = trio.current_time()
+        if now - self._lost_logged_at >= 1.0:  # (a flood is not a log flood)
+            self._lost_logged_at = now
+            _log.error("a connection was lost: this worker is at its open-file limit (ulimit -n; %d lost so far)", self.lost)
 
     async def report(self, active: int) -> None:
         await self._sock.send(f"{active}\n".encode())
