@@ -318,4 +318,24 @@ async def test_a_flood_of_silent_connections_drops_the_oldest_not_a_caller(
     assert closed == {0: 2.5, 1: 3.0, 2: 3.5, 3: t, 4: 12.0, 5: 12.5, 6: 13.0, 7: 13.5}
     assert server.refused == {"pending": 4} and not server._pending
     # A warning at most once a second, not one per connection.
-    assert caplog.text.count("without a request or handshake") == 2  # (at 2.5 s and 3.5 s)
+    assert caplog.text.count("without a request, handshake or hello") == 2  # (at 2.5 s and 3.5 s)
+
+
+async def test_connections_that_never_say_hello_hold_no_session_slot(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    """Handshakes without a hello (the token comes with it) are pending connections, not
+    sessions: they cannot fill `max_sessions`, and a flood of them drops its oldest first."""
+    server, listener = await start_memory_server(nursery, max_sessions=2, max_pending=4, hello_timeout=10.0)
+    mute = []
+    for _ in range(6):
+        mute.append(await open_ws(nursery, listener, "/ws"))  # the handshake, and then nothing
+        await trio.sleep(0.1)
+    assert server.active == 0 and len(server._pending) == 4  # (the fifth and sixth dropped the first two)
+    callers = [await browser_conversation(listener) for _ in range(2)]
+    assert [[m["text"] for m in c.of("transcript")] for c in callers] == [["hello agent"]] * 2
+    # The first caller dropped the third mute one; the other three got 1007 at their hello_timeout.
+    assert server.refused == {"pending": 3, "protocol": 3}
+    # A hello with a bad token takes no slot either, and is told why.
+    assert await close_reason(listener, "/ws", [hello(token="forged")]) == (1008, "unauthorized: malformed token")
+    # The full server still says so at once, before any hello.
+    server.max_sessions = 0
+    assert await close_reason(listener, "/ws", []) == (1013, "server full: too many sessions")

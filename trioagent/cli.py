@@ -166,7 +166,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         parser_.add_argument("--factory-timeout", type=_positive, default=10.0, help="seconds the factory may take for a session (then close 1011)")
         parser_.add_argument(
             "--max-pending", type=int, default=1000,
-            help="connections still sending their request or handshake at most; beyond it each new one drops the oldest (within the file descriptor limit)",
+            help="connections not yet sessions (request, handshake, hello under way) at most; beyond it each new one drops the oldest (fitted to the open-file limit)",
         )
         parser_.add_argument("--record-dir", default=None, help="record every call there as a stereo WAV (user left, agent right)")
         parser_.add_argument("--workers", type=int, default=1, help="worker processes, each one trio thread (0: one per core); connections go to the one with the fewest sessions")

@@ -74,6 +74,7 @@ class _Connection:
     # The wait before a session runs (hello or start, the agent factory): a drain cancels it.
     starting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     drained: bool = False
+    counted: bool = False  # holds a session slot (from its hello on)
 
 
 @attrs.define(eq=False)
@@ -83,11 +84,12 @@ class Server:
     Every wait on a peer is bounded: the request head and the WebSocket handshake and the hello
     (`hello_timeout`), the agent factory (`factory_timeout`), each close handshake
     (`close_timeout`, after which the TCP connection is dropped). A session's slot is free as
-    soon as the session ends, whatever the peer does with the close frame. So is the number of
-    connections still sending their request head or handshake (`max_pending`): beyond it, each
-    new connection drops the one that has waited longest, so a flood of connections that send
-    nothing costs each a file descriptor for a moment, not the server its callers (a caller's
-    request takes milliseconds; the flood's are the oldest).
+    soon as the session ends, whatever the peer does with the close frame; a slot is taken only
+    by a hello (or Twilio's start) with its token. Bounded too is the number of connections not
+    yet sessions (request head, handshake, hello under way: `max_pending`): beyond it, each new
+    connection drops the one that has waited longest, so a flood of connections that send
+    nothing, or stop after the handshake, costs each a file descriptor for a moment, not the
+    server its callers (a caller's hello comes in milliseconds; the flood's are the oldest).
     """
 
     factory: AgentFactory
@@ -111,7 +113,8 @@ class Server:
     _poller: ReadPoller | None = attrs.field(init=False, default=None)  # reads the WebSocket connections (Linux)
     _live: list[_Connection] = attrs.field(factory=list)
     _open: int = attrs.field(init=False, default=0)  # connections with a session or still closing
-    # Accepted, request or handshake under way, oldest first: each one's scope, cancelled to drop it.
+    # Accepted, not yet sessions (request head, handshake, hello), oldest first: each one's
+    # scope, cancelled to drop it.
     _pending: dict[trio.CancelScope, None] = attrs.field(init=False, factory=dict)
     _dropped_at: float = attrs.field(init=False, default=-float("inf"))  # the last log of a drop
     _shutdown: trio.Event = attrs.field(factory=trio.Event)
@@ -216,7 +219,7 @@ class Server:
         # A connection accepted before a drain began is served (a worker's supervisor handed it
         # over: refusing it would refuse a call during a rolling restart); the drain waits for
         # it as for a session.
-        waiting = trio.CancelScope()  # until it is a session or refused: cancelled to drop it
+        waiting = trio.CancelScope()  # cancelled to drop it while pending (until its hello)
         self._pending[waiting] = None
         if len(self._pending) > self.max_pending:
             self._drop_oldest()
@@ -261,7 +264,7 @@ class Server:
             arrived()
 
     def _drop_oldest(self) -> None:
-        """Drop the connection that has waited longest for its request or handshake (counted
+        """Drop the connection that has waited longest for its request, handshake or hello (counted
         in `refused` as "pending"; logged at most once a second, a flood is not a log flood)."""
         oldest = next(iter(self._pending))
         del self._pending[oldest]
@@ -272,7 +275,7 @@ class Server:
         if now - self._dropped_at >= 1.0:
             self._dropped_at = now
             _log.warning(
-                "over %d connections without a request or handshake: dropped the oldest (%d so far)", self.max_pending, self.refused["pending"]
+                "over %d connections without a request, handshake or hello: dropped the oldest (%d so far)", self.max_pending, self.refused["pending"]
             )
 
     async def _route(self, stream: trio.abc.Stream) -> tuple[str, dict[str, str], bytes] | None:
@@ -384,33 +387,32 @@ class Server:
             return
         conn = _Connection(ws)
         self._live.append(conn)
-        self.active += 1
         self._open += 1
-        arrived()  # (now counted as a session)
         try:
-            code, reason = await self._run_session(conn, path, query)
-        except ProtocolError as exc:
-            self._refuse("protocol")
-            code, reason = exc.close_code, _reason(exc)
-        except TokenError as exc:
-            self._refuse("token")
-            code, reason = CloseCode.POLICY_VIOLATION, _reason(f"unauthorized: {exc}")
-        except _CloseWith as exc:
-            code, reason = exc.code, exc.reason
-        except ConnectionClosed as exc:  # (before the session: the peer closed, or sent too much)
-            code, reason = exc.reason.code, exc.reason.reason
-            if code == CloseCode.MESSAGE_TOO_BIG:
-                self._refuse("too_big")
-        finally:
-            # The session is over: its slot is free now, whatever the peer does with our close.
-            self._live.remove(conn)
-            self.active -= 1
-            self._idle.set()
-        if conn.drained and code == CloseCode.NORMAL:
-            code, reason = CloseCode.GOING_AWAY, "server shutting down"
-        if self.metrics is not None and conn.session is not None:
-            self.metrics.session_ended(conn.session, code)
-        try:
+            try:
+                code, reason = await self._run_session(conn, path, query, arrived)
+            except ProtocolError as exc:
+                self._refuse("protocol")
+                code, reason = exc.close_code, _reason(exc)
+            except TokenError as exc:
+                self._refuse("token")
+                code, reason = CloseCode.POLICY_VIOLATION, _reason(f"unauthorized: {exc}")
+            except _CloseWith as exc:
+                code, reason = exc.code, exc.reason
+            except ConnectionClosed as exc:  # (before the session: the peer closed, or sent too much)
+                code, reason = exc.reason.code, exc.reason.reason
+                if code == CloseCode.MESSAGE_TOO_BIG:
+                    self._refuse("too_big")
+            finally:
+                # The session is over: its slot is free now, whatever the peer does with our close.
+                self._live.remove(conn)
+                if conn.counted:
+                    self.active -= 1
+                self._idle.set()
+            if conn.drained and code == CloseCode.NORMAL:
+                code, reason = CloseCode.GOING_AWAY, "server shutting down"
+            if self.metrics is not None and conn.session is not None:
+                self.metrics.session_ended(conn.session, code)
             await self._close(ws, code, reason)
         finally:
             self._open -= 1
@@ -488,7 +490,7 @@ class Server:
         except OSError as exc:
             _log.error("cannot record the call to %s (%s); it goes on unrecorded", path, exc.strerror or exc)
 
-    async def _run_session(self, conn: _Connection, path: str, query: dict[str, str]) -> tuple[int, str]:
+    async def _run_session(self, conn: _Connection, path: str, query: dict[str, str], arrived: Callable[[], None]) -> tuple[int, str]:
         # Before the session: the hello (or Twilio's start) and the factory. A drain cancels it.
         with conn.starting:
             if path == "/ws":
@@ -497,6 +499,15 @@ class Server:
                 transport, ready = await self._twilio_start(conn, query)
             else:
                 transport, ready = self._realtime_start(conn, query)
+            # The hello is in and its token good: a session now, with a slot. Until here the
+            # connection was pending: it held no slot (connections that never say hello cannot
+            # fill the server) and a flood drops it first.
+            arrived()
+            if self.active >= self.max_sessions:
+                self._refuse("capacity")
+                return CloseCode.TRY_AGAIN_LATER, "server full: too many sessions"
+            self.active += 1
+            conn.counted = True
             agent, pipeline = await self._make_agent()
         if conn.starting.cancelled_caught:
             return CloseCode.GOING_AWAY, "server shutting down"
@@ -630,8 +641,8 @@ async def serve(
         grace: on shutdown, how long running sessions may go on before they are closed.
         factory_timeout: a factory that has not returned by then closes that connection
             with 1011.
-        max_pending: connections still sending their request head or handshake at most;
-            beyond it each new one drops the one that has waited longest.
+        max_pending: connections not yet sessions (request head, handshake, hello under way)
+            at most; beyond it each new one drops the one that has waited longest.
         on_session: called with each new `AgentSession` before it starts (to subscribe to
             its events, count, log).
         listeners: serve these (already bound) instead of listening on host and port.
