@@ -35,15 +35,20 @@ def workers_of(pid: int) -> list[int]:
     return sorted(out)
 
 
-async def metrics(port: int) -> dict[str, float]:
-    """GET /metrics on the supervisor's port (whichever worker answers): every worker's sum."""
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET `path` on the supervisor's port (whichever worker answers): status and body."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(get("/metrics"))
+        await stream.send_all(get(path))
         raw = b""
         while chunk := await stream.receive_some(65536):
             raw += chunk
-    status, body = status_and_body(raw)
+    return status_and_body(raw)
+
+
+async def metrics(port: int) -> dict[str, float]:
+    """GET /metrics: every worker's sum."""
+    status, body = await http_get(port, "/metrics")
     assert status == 200
     return samples(body)
 
@@ -157,13 +162,7 @@ async def test_a_flood_of_silent_connections_at_a_low_file_limit() -> None:
         results: list[str] = []
         await short_call(port, results)
         assert results == ["answered"]
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(get("/healthz"))
-            raw = b""
-            while chunk := await stream.receive_some(65536):
-                raw += chunk
-        assert status_and_body(raw)[0] == 200
+        assert (await http_get(port, "/healthz"))[0] == 200
         for s in silent:
             s.close()  # (else the drain waits for them, as for any connection accepted before it)
         supervisor.send_signal(signal.SIGTERM)
