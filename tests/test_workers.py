@@ -176,3 +176,35 @@ async def test_a_flood_of_silent_connections_at_a_low_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         supervisor.kill()
         supervisor.communicate()
+
+
+async def test_a_stuck_worker_is_killed_and_replaced() -> None:
+    """A worker whose event loop stops (here: SIGSTOP, as a blocking call in an agent would do)
+    misses its reports: new calls go to the other worker at once, and after `--worker-timeout`
+    the stuck one is killed and replaced."""
+    port = free_port()
+    supervisor = subprocess.Popen(
+        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2", "--worker-timeout", "3"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        assert await calls(port, 2) == ["answered"] * 2
+        stuck, other = workers_of(supervisor.pid)
+        os.kill(stuck, signal.SIGSTOP)
+        await trio.sleep(2.5)  # (over two missed reports: the supervisor passes it over)
+        assert await calls(port, 4) == ["answered"] * 4
+        deadline = time.monotonic() + 10
+        while stuck in workers_of(supervisor.pid) or len(workers_of(supervisor.pid)) < 2:
+            assert time.monotonic() < deadline
+            await trio.sleep(0.1)
+        assert other in workers_of(supervisor.pid)
+        assert await calls(port, 2) == ["answered"] * 2
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=20) == 0
+        errors = supervisor.stderr.read() if supervisor.stderr else ""
+        assert f"(pid {stuck}) has not reported for 3 s: its event loop is stuck; killing it" in errors
+        assert "Traceback" not in errors
+    finally:
+        supervisor.kill()
+        supervisor.communicate()

@@ -170,6 +170,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         )
         parser_.add_argument("--record-dir", default=None, help="record every call there as a stereo WAV (user left, agent right)")
         parser_.add_argument("--workers", type=int, default=1, help="worker processes, each one trio thread (0: one per core); connections go to the one with the fewest sessions")
+        parser_.add_argument(
+            "--worker-timeout", type=_positive, default=30.0,
+            help="a worker whose event loop has been stuck this long (seconds; it reports every second) is killed and replaced",
+        )
         parser_.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # (a worker: connections come on this Unix socket)
         parser_.set_defaults(handler=_serve)
         commands[command] = parser_
@@ -385,9 +389,11 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
 
 
 async def _supervise(args: argparse.Namespace, listeners: list[trio.SocketListener], port: int, workers: int) -> int:
-    from .workers import Supervisor, worker_argv
+    from .workers import REPORT_EVERY, Supervisor, worker_argv
 
-    supervisor = Supervisor(worker_argv(_worker_args(args)), workers, grace=args.grace)
+    if args.worker_timeout < 2 * REPORT_EVERY:
+        raise UsageError(f"--worker-timeout must be at least {2 * REPORT_EVERY:g} s (workers report every {REPORT_EVERY:g} s)")
+    supervisor = Supervisor(worker_argv(_worker_args(args)), workers, grace=args.grace, worker_timeout=args.worker_timeout)
     signalled: list[int] = []
     async with trio.open_nursery() as nursery:
 
@@ -417,7 +423,7 @@ async def _supervise(args: argparse.Namespace, listeners: list[trio.SocketListen
 async def _worker(args: argparse.Namespace, factory: Callable[[], Any]) -> int:
     """A worker process: serve the connections the supervisor passes on `--fd`."""
     from .server import Server, serve
-    from .workers import FdListener
+    from .workers import REPORT_EVERY, FdListener
 
     # Ctrl-C and SIGHUP reach the whole process group: the supervisor decides what they mean.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -439,10 +445,10 @@ async def _worker(args: argparse.Namespace, factory: Callable[[], Any]) -> int:
                     server.shutdown()
 
         nursery.start_soon(drain_on_sigterm)
-        last = -1
-        while True:  # report the session count when it changes
-            if server.active != last:
-                last = server.active
+        last, reported_at = -1, -REPORT_EVERY
+        while True:  # report the session count when it changes, and every REPORT_EVERY: alive
+            if server.active != last or trio.current_time() - reported_at >= REPORT_EVERY:
+                last, reported_at = server.active, trio.current_time()
                 try:
                     await listener.report(last)
                 except OSError:

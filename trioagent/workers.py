@@ -8,7 +8,10 @@ count on that socket whenever it changes. Placing by least sessions, not by chan
 supervisor accepts: with ``SO_REUSEPORT`` the kernel spreads connections by a hash, and a worker
 at capacity would refuse calls another worker could take.
 
-A worker that dies is restarted (its calls are lost, no others). SIGTERM: the supervisor stops
+A worker that dies is restarted (its calls are lost, no others); so is one whose event loop is
+stuck (a blocking call in an agent, an endless loop): a worker reports at least every
+`REPORT_EVERY` seconds, and one silent for `worker_timeout` is killed (as gunicorn's
+``--timeout`` does); meanwhile, new connections go to workers that have reported lately. SIGTERM: the supervisor stops
 accepting and tells every worker to drain (their calls get ``--grace`` seconds, then 1001); it
 exits when they have. SIGHUP: a rolling restart, worker by worker: the new one takes the next
 calls before the old one drains, so no connection is refused.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import array
 import logging
+import math
 import os
 import shutil
 import socket
@@ -40,6 +44,8 @@ _log = logging.getLogger("trioagent.workers")
 
 CONNECTION = b"c"
 DRAIN = b"d"
+REPORT_EVERY = 1.0
+"""A worker reports its session count at least this often (seconds), so the supervisor knows it runs."""
 
 
 class FdListener(trio.abc.Listener[trio.abc.Stream]):
@@ -95,6 +101,7 @@ class _Worker:
     active: int = 0
     handed: int = 0  # connections passed since its last report
     taking: bool = True
+    reported_at: float | None = None  # its last report (None: starting, its factory may take long)
     exited: trio.Event = attrs.field(factory=trio.Event)
 
     @property
@@ -109,6 +116,8 @@ class Supervisor:
     worker_argv: Sequence[str]
     workers: int
     grace: float = 10.0
+    worker_timeout: float = 30.0
+    """A worker that has not reported for this long (seconds) is stuck: it is killed and replaced."""
     _pool: list[_Worker] = attrs.field(factory=list)
     _nursery: trio.Nursery | None = None
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -135,12 +144,20 @@ class Supervisor:
         """Read its reports until it exits; restart it if it died unasked."""
         buffer = b""
         while True:
-            try:
-                data = await worker.sock.recv(4096)
-            except OSError:
-                data = b""
+            data = b""
+            with trio.move_on_after(self.worker_timeout if worker.reported_at is not None else math.inf) as waited:
+                try:
+                    data = await worker.sock.recv(4096)
+                except OSError:
+                    pass
+            if waited.cancelled_caught and worker.process.returncode is None:
+                _log.error(
+                    "worker %d (pid %d) has not reported for %g s: its event loop is stuck; killing it", worker.number, worker.process.pid, self.worker_timeout
+                )
+                worker.process.kill()
             if not data:
                 break
+            worker.reported_at = trio.current_time()
             buffer += data
             *lines, buffer = buffer.split(b"\n")
             if lines:
@@ -163,7 +180,10 @@ class Supervisor:
         if not taking:
             await stream.aclose()
             return
-        worker = min(taking, key=lambda w: w.load)
+        # Not to a worker that has missed its reports (stuck, until its timeout), if another runs.
+        now = trio.current_time()
+        running = [w for w in taking if w.reported_at is None or now - w.reported_at <= 2 * REPORT_EVERY]
+        worker = min(running or taking, key=lambda w: w.load)
         fd = stream.socket.fileno()
         try:
             await worker.sock.sendmsg([CONNECTION], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
