@@ -11,9 +11,9 @@ at capacity would refuse calls another worker could take.
 A worker that dies is restarted (its calls are lost, no others); so is one whose event loop is
 stuck (a blocking call in an agent, an endless loop): a worker reports at least every
 `REPORT_EVERY` seconds, and one silent for `worker_timeout` is killed (as gunicorn's
-``--timeout`` does); meanwhile, new connections go to workers that have reported lately. SIGTERM: the supervisor stops
-accepting and tells every worker to drain (their calls get ``--grace`` seconds, then 1001); it
-exits when they have. SIGHUP: a rolling restart, worker by worker: the new one takes the next
+``--timeout`` does); meanwhile, new connections go to workers that have reported lately.
+SIGTERM: the supervisor stops accepting and tells every worker to drain (their calls get
+``--grace`` seconds, then 1001); it exits when they have. SIGHUP: a rolling restart, worker by worker: the new one takes the next
 calls before the old one drains, so no connection is refused.
 
 Metrics: with prometheus-client installed, the workers share a `PROMETHEUS_MULTIPROC_DIR` the
