@@ -208,3 +208,78 @@ async def test_a_stuck_worker_is_killed_and_replaced() -> None:
     finally:
         supervisor.kill()
         supervisor.communicate()
+
+
+DEPLOY = '''
+import os, time
+here = os.path.dirname(__file__)
+mode = open(os.path.join(here, "mode")).read().strip()
+if mode == "gate":  # a model that loads for as long as the test says
+    while not os.path.exists(os.path.join(here, "gate-open")):
+        time.sleep(0.02)
+elif mode == "broken":
+    raise RuntimeError("a bad deploy")
+from tests.netkit import factory
+'''
+
+
+async def wait_for(check: object, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        await trio.sleep(0.05)
+
+
+async def test_a_roll_waits_for_each_new_worker_and_stops_at_a_bad_deploy(tmp_path: Path) -> None:
+    """SIGHUP with new code: an old worker drains only once its replacement is ready (calls
+    meanwhile go to the old workers, not to the one still loading); a replacement that cannot
+    start stops the roll and the old workers go on; a worker that keeps failing to start is
+    retried after a pause, not in a loop."""
+    (tmp_path / "deployed.py").write_text(DEPLOY)
+    mode = tmp_path / "mode"
+    mode.write_text("ok")
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    port = free_port()
+    with out.open("w") as out_file, err.open("w") as err_file:
+        supervisor = subprocess.Popen(
+            [TRIOAGENT, "serve", "deployed:factory", "--insecure", "--port", str(port), "--workers", "2"],
+            cwd=ROOT, stdout=out_file, stderr=err_file, text=True, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+        )  # fmt: skip
+    try:
+        wait_port(port)
+        assert await calls(port, 2) == ["answered"] * 2
+        first = set(workers_of(supervisor.pid))
+
+        # A slow start: the new worker waits at the gate; calls go to the old ones, both still up.
+        mode.write_text("gate")
+        supervisor.send_signal(signal.SIGHUP)
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 3, "the first new worker starts")
+        assert await calls(port, 4) == ["answered"] * 4  # (before: handed to the waiting worker, unanswered)
+        assert first <= set(workers_of(supervisor.pid))
+        (tmp_path / "gate-open").touch()
+        await wait_for(lambda: "the rolling restart is done" in out.read_text(), "the roll ends")
+        second = set(workers_of(supervisor.pid))
+        assert len(second) == 2 and not second & first
+
+        # A bad deploy: the roll stops at the first replacement; the old workers go on.
+        mode.write_text("broken")
+        supervisor.send_signal(signal.SIGHUP)
+        await wait_for(lambda: "rolling restart stopped" in err.read_text(), "the roll stops")
+        assert set(workers_of(supervisor.pid)) == second
+        assert await calls(port, 2) == ["answered"] * 2
+        assert "exited with status 2 before it was ready; the old workers go on serving" in err.read_text()
+
+        # A worker dies and its replacement cannot start: retried after a pause, until it can.
+        os.kill(min(second), signal.SIGKILL)
+        await wait_for(lambda: "before it was ready (1 in a row); starting another in 1 s" in err.read_text(), "the pause")
+        mode.write_text("ok")
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 2 and min(second) not in workers_of(supervisor.pid), "replaced")
+        assert await calls(port, 2) == ["answered"] * 2
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=20) == 0
+        errors = err.read_text()
+        assert errors.count("before it was ready") <= 3 and "Traceback" not in errors  # (before: restarted in a loop)
+        assert "usage:" not in errors  # (a worker's failure is one line)
+    finally:
+        supervisor.kill()
+        supervisor.wait()

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         result: int = args.handler(args)
         return result
     except UsageError as exc:
+        if getattr(args, "fd", None) is not None:  # (a worker: the supervisor logs its exit; no usage)
+            print(f"{command.prog} (worker): error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         _fail(command, str(exc))
     except KeyboardInterrupt:
         print(f"trioagent {args.command}: interrupted", file=sys.stderr)
@@ -407,7 +410,7 @@ async def _supervise(args: argparse.Namespace, listeners: list[trio.SocketListen
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     print("trioagent: SIGHUP: replacing the workers one by one", flush=True)
-                    nursery.start_soon(supervisor.roll)
+                    nursery.start_soon(_roll, supervisor)
                     continue
                 if signalled:
                     raise KeyboardInterrupt
@@ -418,6 +421,11 @@ async def _supervise(args: argparse.Namespace, listeners: list[trio.SocketListen
         print(f"trioagent {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+async def _roll(supervisor: Any) -> None:
+    if await supervisor.roll():  # (a failure is logged by the supervisor)
+        print("trioagent: the rolling restart is done", flush=True)
 
 
 async def _worker(args: argparse.Namespace, factory: Callable[[], Any]) -> int:

@@ -8,13 +8,18 @@ count on that socket whenever it changes. Placing by least sessions, not by chan
 supervisor accepts: with ``SO_REUSEPORT`` the kernel spreads connections by a hash, and a worker
 at capacity would refuse calls another worker could take.
 
-A worker that dies is restarted (its calls are lost, no others); so is one whose event loop is
-stuck (a blocking call in an agent, an endless loop): a worker reports at least every
-`REPORT_EVERY` seconds, and one silent for `worker_timeout` is killed (as gunicorn's
-``--timeout`` does); meanwhile, new connections go to workers that have reported lately.
+A worker is ready at its first report (its factory has run and its server is up). One that
+dies is restarted (its calls are lost, no others); so is one whose event loop is stuck (a
+blocking call in an agent, an endless loop): a worker reports at least every `REPORT_EVERY`
+seconds, and one silent for `worker_timeout` is killed (as gunicorn's ``--timeout`` does).
+New connections go to ready workers that have reported lately, if any: not to one still
+starting (its factory may load a model for a minute) nor to one that is stuck. A worker that
+dies before it is ready (a bad deploy, a missing model) is started again after a pause that
+doubles at each such failure in a row (`RETRY_FIRST` up to `RETRY_MAX`), not in a loop.
 SIGTERM: the supervisor stops accepting and tells every worker to drain (their calls get
-``--grace`` seconds, then 1001); it exits when they have. SIGHUP: a rolling restart, worker by worker: the new one takes the next
-calls before the old one drains, so no connection is refused.
+``--grace`` seconds, then 1001); it exits when they have. SIGHUP: a rolling restart, worker by
+worker: the old one drains only once its replacement is ready, so no connection is refused or
+kept waiting; a replacement that fails to start stops the roll, and the old workers go on.
 
 Metrics: with prometheus-client installed, the workers share a `PROMETHEUS_MULTIPROC_DIR` the
 supervisor makes (and removes at exit), so ``GET /metrics``, answered by any worker, counts all.
@@ -46,6 +51,10 @@ CONNECTION = b"c"
 DRAIN = b"d"
 REPORT_EVERY = 1.0
 """A worker reports its session count at least this often (seconds), so the supervisor knows it runs."""
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
+"""A worker that died before it was ready is started again after RETRY_FIRST seconds, doubled at
+each such failure in a row, up to RETRY_MAX."""
 
 
 class FdListener(trio.abc.Listener[trio.abc.Stream]):
@@ -101,7 +110,9 @@ class _Worker:
     active: int = 0
     handed: int = 0  # connections passed since its last report
     taking: bool = True
+    replace: bool = True  # started again if it dies unasked (a rolling restart's new worker: once ready)
     reported_at: float | None = None  # its last report (None: starting, its factory may take long)
+    settled: trio.Event = attrs.field(factory=trio.Event)  # ready (its first report) or exited
     exited: trio.Event = attrs.field(factory=trio.Event)
 
     @property
@@ -124,17 +135,18 @@ class Supervisor:
     _rolling: trio.Lock = attrs.field(factory=trio.Lock)
     _numbers: int = 0
     _stopping: bool = False
+    _failed_starts: int = 0  # replacements in a row that died before they were ready
     restarts: int = 0
     metrics_dir: str | None = None
     """Where the workers keep their metrics (prometheus-client's multiprocess mode), when it is installed."""
 
-    async def _spawn(self, nursery: trio.Nursery) -> _Worker:
+    async def _spawn(self, nursery: trio.Nursery, *, replace: bool = True) -> _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._numbers += 1
         env = {**os.environ, MULTIPROC_DIR: self.metrics_dir} if self.metrics_dir is not None else None
         process = await trio.lowlevel.open_process([*self.worker_argv, "--fd", str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env)
         theirs.close()
-        worker = _Worker(self._numbers, process, trio.socket.from_stdlib_socket(ours))
+        worker = _Worker(self._numbers, process, trio.socket.from_stdlib_socket(ours), replace=replace)
         self._pool.append(worker)
         nursery.start_soon(self._watch, worker, nursery)
         _log.info("worker %d started (pid %d)", worker.number, process.pid)
@@ -157,6 +169,9 @@ class Supervisor:
                 worker.process.kill()
             if not data:
                 break
+            if worker.reported_at is None:  # ready
+                self._failed_starts = 0
+                worker.settled.set()
             worker.reported_at = trio.current_time()
             buffer += data
             *lines, buffer = buffer.split(b"\n")
@@ -169,10 +184,26 @@ class Supervisor:
 
             multiprocess.mark_process_dead(worker.process.pid, self.metrics_dir)  # type: ignore[no-untyped-call]  # (its live gauge goes)
         self._pool.remove(worker)
+        worker.settled.set()
         worker.exited.set()
-        if worker.taking and not self._stopping:
+        if not worker.taking or self._stopping:
+            return
+        if worker.reported_at is not None:
             self.restarts += 1
             _log.error("worker %d (pid %d) died with status %s; its calls are lost; starting another", worker.number, worker.process.pid, code)
+            await self._spawn(nursery)
+            return
+        if not worker.replace:
+            return  # (a rolling restart's new worker: the roll stops, the old workers go on)
+        self._failed_starts += 1
+        pause = min(RETRY_MAX, RETRY_FIRST * 2 ** (self._failed_starts - 1))
+        _log.error(
+            "worker %d (pid %d) exited with status %s before it was ready (%d in a row); starting another in %g s",
+            worker.number, worker.process.pid, code, self._failed_starts, pause,
+        )  # fmt: skip
+        await trio.sleep(pause)
+        if not self._stopping:
+            self.restarts += 1
             await self._spawn(nursery)
 
     async def _hand(self, stream: trio.SocketStream) -> None:
@@ -180,10 +211,12 @@ class Supervisor:
         if not taking:
             await stream.aclose()
             return
-        # Not to a worker that has missed its reports (stuck, until its timeout), if another runs.
+        # To a ready worker that reports, if one does: not to one still starting (the call would
+        # wait for its factory) nor to one that has missed its reports (stuck, until its timeout).
         now = trio.current_time()
-        running = [w for w in taking if w.reported_at is None or now - w.reported_at <= 2 * REPORT_EVERY]
-        worker = min(running or taking, key=lambda w: w.load)
+        running = [w for w in taking if w.reported_at is not None and now - w.reported_at <= 2 * REPORT_EVERY]
+        starting = [w for w in taking if w.reported_at is None]
+        worker = min(running or starting or taking, key=lambda w: w.load)
         fd = stream.socket.fileno()
         try:
             await worker.sock.sendmsg([CONNECTION], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
@@ -241,16 +274,29 @@ class Supervisor:
         except OSError:
             worker.process.kill()
 
-    async def roll(self) -> None:
-        """Replace the workers one by one: the new one takes calls before the old one drains."""
+    async def roll(self) -> bool:
+        """Replace the workers one by one: each old one drains once its replacement is ready.
+        Returns False if a replacement failed to start: the roll stops there (the workers not
+        yet replaced go on serving) and the error is logged."""
         assert self._nursery is not None
         async with self._rolling:  # (a second SIGHUP waits for the first roll)
             for old in [w for w in self._pool if w.taking]:
                 if self._stopping:
-                    return
-                await self._spawn(self._nursery)
-                await self._tell_drain(old)
-                await old.exited.wait()
+                    return True
+                new = await self._spawn(self._nursery, replace=False)
+                await new.settled.wait()
+                if new.reported_at is None:  # (it exited before it was ready)
+                    if not self._stopping:
+                        _log.error(
+                            "rolling restart stopped: the new worker %d exited with status %s before it was ready; the old workers go on serving",
+                            new.number, new.process.returncode,
+                        )  # fmt: skip
+                    return False
+                new.replace = True
+                if old in self._pool:  # (it may have died meanwhile, and been replaced)
+                    await self._tell_drain(old)
+                    await old.exited.wait()
+            return True
 
 
 def worker_argv(args: Sequence[str]) -> list[str]:
