@@ -275,11 +275,20 @@ async def test_a_roll_waits_for_each_new_worker_and_stops_at_a_bad_deploy(tmp_pa
         mode.write_text("ok")
         await wait_for(lambda: len(workers_of(supervisor.pid)) == 2 and min(second) not in workers_of(supervisor.pid), "replaced")
         assert await calls(port, 2) == ["answered"] * 2
+
+        # SIGTERM while a replacement is still loading: it drains as soon as it has started.
+        (tmp_path / "gate-open").unlink()
+        mode.write_text("gate")
+        supervisor.send_signal(signal.SIGHUP)
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 3, "a new worker starts")
         supervisor.send_signal(signal.SIGTERM)
-        assert supervisor.wait(timeout=20) == 0
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 1, "the old workers drain")
+        (tmp_path / "gate-open").touch()
+        assert supervisor.wait(timeout=15) == 0  # (not --grace + 10 s, then killed)
         errors = err.read_text()
         assert errors.count("before it was ready") <= 3 and "Traceback" not in errors  # (before: restarted in a loop)
         assert "usage:" not in errors  # (a worker's failure is one line)
+        assert out.read_text().count("the rolling restart is done") == 1  # (not the stopped ones)
     finally:
         supervisor.kill()
         supervisor.wait()

@@ -436,23 +436,29 @@ async def _worker(args: argparse.Namespace, factory: Callable[[], Any]) -> int:
     # Ctrl-C and SIGHUP reach the whole process group: the supervisor decides what they mean.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    holder: list[Server] = []
-    listener = FdListener(args.fd, lambda: holder[0].shutdown() if holder else None)
+    # A drain may be asked before the server has started (the supervisor got SIGTERM while this
+    # worker was loading): it is kept until the server can take it.
+    drain_asked = trio.Event()
+    listener = FdListener(args.fd, drain_asked.set)
     async with trio.open_nursery() as nursery:
 
         async def run(task_status: trio.TaskStatus[Server]) -> None:
             await serve(factory, listeners=[listener], task_status=task_status, **_server_options(args))
             nursery.cancel_scope.cancel()
 
-        server: Server = await nursery.start(run)
-        holder.append(server)
-
         async def drain_on_sigterm() -> None:  # (a SIGTERM to the whole group: drain, as asked)
             with trio.open_signal_receiver(signal.SIGTERM) as signals:
                 async for _ in signals:
-                    server.shutdown()
+                    drain_asked.set()
 
         nursery.start_soon(drain_on_sigterm)
+        server: Server = await nursery.start(run)
+
+        async def drain_when_asked() -> None:
+            await drain_asked.wait()
+            server.shutdown()
+
+        nursery.start_soon(drain_when_asked)
         last, reported_at = -1, -REPORT_EVERY
         while True:  # report the session count when it changes, and every REPORT_EVERY: alive
             if server.active != last or trio.current_time() - reported_at >= REPORT_EVERY:

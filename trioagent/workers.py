@@ -276,13 +276,14 @@ class Supervisor:
 
     async def roll(self) -> bool:
         """Replace the workers one by one: each old one drains once its replacement is ready.
-        Returns False if a replacement failed to start: the roll stops there (the workers not
-        yet replaced go on serving) and the error is logged."""
+        Returns whether every worker was replaced: not if a replacement failed to start (the
+        roll stops there, the workers not yet replaced go on serving, the error is logged) or
+        the supervisor began to drain meanwhile."""
         assert self._nursery is not None
         async with self._rolling:  # (a second SIGHUP waits for the first roll)
             for old in [w for w in self._pool if w.taking]:
                 if self._stopping:
-                    return True
+                    return False
                 new = await self._spawn(self._nursery, replace=False)
                 await new.settled.wait()
                 if new.reported_at is None:  # (it exited before it was ready)
@@ -296,7 +297,7 @@ class Supervisor:
                 if old in self._pool:  # (it may have died meanwhile, and been replaced)
                     await self._tell_drain(old)
                     await old.exited.wait()
-            return True
+            return not self._stopping
 
 
 def worker_argv(args: Sequence[str]) -> list[str]:
