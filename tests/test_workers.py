@@ -4,6 +4,7 @@ connection; SIGTERM drains and exits 0."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -206,6 +207,54 @@ async def test_a_stuck_worker_is_killed_and_replaced() -> None:
         assert f"(pid {stuck}) has not reported for 3 s: its event loop is stuck; killing it" in errors
         assert "Traceback" not in errors
     finally:
+        supervisor.kill()
+        supervisor.communicate()
+
+
+async def test_a_stuck_worker_does_not_stop_the_hand_over() -> None:
+    """A burst of connections in the two seconds before a stuck worker is passed over fills its
+    socket (a few hundred descriptors): the supervisor passes the rest to the other worker
+    instead of waiting on the stuck one (before: its accept loop waited, so every caller and
+    health check waited in the backlog for `--worker-timeout`, 30 s)."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1500:
+        if hard != resource.RLIM_INFINITY and hard < 1500:
+            import pytest
+
+            pytest.skip(f"this test needs 1,500 open files (hard limit {hard})")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1500, hard))
+    port = free_port()
+    supervisor = subprocess.Popen(
+        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    burst: list[socket.socket] = []
+    try:
+        wait_port(port)
+        assert await calls(port, 2) == ["answered"] * 2
+        stuck, other = workers_of(supervisor.pid)
+        os.kill(stuck, signal.SIGSTOP)
+        for _ in range(1200):
+            burst.append(socket.create_connection(("127.0.0.1", port)))
+        with trio.fail_after(5):
+            assert (await http_get(port, "/healthz"))[0] == 200
+        assert await calls(port, 2) == ["answered"] * 2
+        for s in burst:
+            s.close()
+        os.kill(stuck, signal.SIGCONT)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=20) == 0
+        assert "Traceback" not in (supervisor.stderr.read() if supervisor.stderr else "")
+    finally:
+        for s in burst:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        with contextlib.suppress(ProcessLookupError):
+            for pid in workers_of(supervisor.pid):
+                os.kill(pid, signal.SIGCONT)
         supervisor.kill()
         supervisor.communicate()
 

@@ -51,6 +51,8 @@ CONNECTION = b"c"
 DRAIN = b"d"
 REPORT_EVERY = 1.0
 """A worker reports its session count at least this often (seconds), so the supervisor knows it runs."""
+HAND_WAIT = 1.0
+"""How long a connection may wait for a worker to take it (all backed up) before it is closed."""
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
 """A worker that died before it was ready is started again after RETRY_FIRST seconds, doubled at
@@ -106,7 +108,8 @@ class FdListener(trio.abc.Listener[trio.abc.Stream]):
 class _Worker:
     number: int
     process: Any
-    sock: Any
+    sock: Any  # (trio's, to read its reports)
+    raw: socket.socket  # (the same socket, to hand over without waiting)
     active: int = 0
     handed: int = 0  # connections passed since its last report
     taking: bool = True
@@ -137,6 +140,9 @@ class Supervisor:
     _stopping: bool = False
     _failed_starts: int = 0  # replacements in a row that died before they were ready
     restarts: int = 0
+    unhanded: int = 0
+    """Connections closed because no worker could take them (none taking, or all backed up)."""
+    _unhanded_logged_at: float = -math.inf
     metrics_dir: str | None = None
     """Where the workers keep their metrics (prometheus-client's multiprocess mode), when it is installed."""
 
@@ -146,7 +152,7 @@ class Supervisor:
         env = {**os.environ, MULTIPROC_DIR: self.metrics_dir} if self.metrics_dir is not None else None
         process = await trio.lowlevel.open_process([*self.worker_argv, "--fd", str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env)
         theirs.close()
-        worker = _Worker(self._numbers, process, trio.socket.from_stdlib_socket(ours), replace=replace)
+        worker = _Worker(self._numbers, process, trio.socket.from_stdlib_socket(ours), ours, replace=replace)
         self._pool.append(worker)
         nursery.start_soon(self._watch, worker, nursery)
         _log.info("worker %d started (pid %d)", worker.number, process.pid)
@@ -207,23 +213,45 @@ class Supervisor:
             await self._spawn(nursery)
 
     async def _hand(self, stream: trio.SocketStream) -> None:
-        taking = [w for w in self._pool if w.taking]
-        if not taking:
-            await stream.aclose()
-            return
-        # To a ready worker that reports, if one does: not to one still starting (the call would
-        # wait for its factory) nor to one that has missed its reports (stuck, until its timeout).
+        """Pass the connection to the best worker that can take it now. Never waits on one
+        worker: a stuck worker's socket fills up (a few hundred connections), and waiting on it
+        would stop the accept loop, every other worker's calls included, until its timeout."""
+        message = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [stream.socket.fileno()]))]
+        with trio.move_on_after(HAND_WAIT):
+            while True:
+                for worker in self._choices():
+                    try:
+                        worker.raw.sendmsg([CONNECTION], message, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        continue  # (backed up: the next best)
+                    except OSError:
+                        _log.warning("could not pass a connection to worker %d", worker.number)
+                        continue
+                    worker.handed += 1
+                    await stream.aclose()  # (the worker has its own copy)
+                    return
+                if not any(w.taking for w in self._pool):
+                    break
+                await trio.sleep(0.01)  # (every worker backed up: a moment, then again)
+        self.unhanded += 1
         now = trio.current_time()
-        running = [w for w in taking if w.reported_at is not None and now - w.reported_at <= 2 * REPORT_EVERY]
-        starting = [w for w in taking if w.reported_at is None]
-        worker = min(running or starting or taking, key=lambda w: w.load)
-        fd = stream.socket.fileno()
-        try:
-            await worker.sock.sendmsg([CONNECTION], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-            worker.handed += 1
-        except OSError:
-            _log.warning("could not pass a connection to worker %d", worker.number)
-        await stream.aclose()  # (the worker has its own copy)
+        if now - self._unhanded_logged_at >= 1.0:  # (a flood is not a log flood)
+            self._unhanded_logged_at = now
+            _log.error("a connection was closed: no worker could take it (%d so far)", self.unhanded)
+        await stream.aclose()
+
+    def _choices(self) -> list[_Worker]:
+        """The workers taking connections, best first: ready ones that report, by least load,
+        then ones still starting (the call would wait for the factory), then ones that have
+        missed their reports (stuck, until their timeout)."""
+        now = trio.current_time()
+
+        def rank(w: _Worker) -> tuple[int, int]:
+            if w.reported_at is None:
+                return 1, w.load
+            return (0 if now - w.reported_at <= 2 * REPORT_EVERY else 2), w.load
+
+        return sorted((w for w in self._pool if w.taking), key=rank)
 
     async def run(self, listeners: Sequence[trio.SocketListener], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the workers, pass them connections until `drain()` (SIGTERM), then wait for
