@@ -339,3 +339,62 @@ async def test_connections_that_never_say_hello_hold_no_session_slot(autojump_cl
     # The full server still says so at once, before any hello.
     server.max_sessions = 0
     assert await close_reason(listener, "/ws", []) == (1013, "server full: too many sessions")
+
+
+class _ScarceListener(trio.abc.Listener[trio.abc.Stream]):
+    """Accept fails with these errors first (out of descriptors, say), then gives streams."""
+
+    def __init__(self, errors: list[int]) -> None:
+        self.errors = errors
+        self.given = 0
+
+    async def accept(self) -> trio.abc.Stream:
+        await trio.sleep(0)
+        if self.errors:
+            import os
+
+            code = self.errors.pop(0)
+            raise OSError(code, os.strerror(code))
+        if self.given:
+            await trio.sleep_forever()
+        self.given += 1
+        return trio.testing.memory_stream_pair()[0]
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_accept_out_of_descriptors_pauses_and_goes_on(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE or ENOBUFS from accept (the process at its open-file limit) pauses the accept loop
+    for 100 ms, logged, and it goes on, in a server and in `--workers`' supervisor alike (trio's
+    listener raises them); any other error is raised."""
+    import errno
+
+    from trioagent.server import Server
+    from trioagent.workers import Supervisor
+
+    supervisor = Supervisor([], 0)
+    handed: list[float] = []
+
+    async def hand(self: Supervisor, stream: trio.abc.Stream) -> None:
+        handed.append(trio.current_time())
+
+    monkeypatch.setattr(Supervisor, "_hand", hand)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor._accept, _ScarceListener([errno.EMFILE, errno.ENOBUFS]))
+        server = Server(lambda: None)
+        server_handled: list[float] = []
+
+        async def handle(self: Server, stream: trio.abc.Stream) -> None:
+            server_handled.append(trio.current_time())
+
+        monkeypatch.setattr(Server, "_handle", handle)
+        nursery.start_soon(server._accept, _ScarceListener([errno.ENFILE]), nursery)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert handed == [pytest.approx(0.2)] and server_handled == [pytest.approx(0.1)]
+    assert sum("pausing 100 ms" in r.message for r in caplog.records) == 3
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        await supervisor._accept(_ScarceListener([errno.EBADF]))  # type: ignore[arg-type]

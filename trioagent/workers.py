@@ -42,6 +42,7 @@ import attrs
 import trio
 
 from .observe import MULTIPROC_DIR, metrics_available
+from .server import _OUT_OF_RESOURCES
 
 __all__ = ["FdListener", "Supervisor"]
 
@@ -285,7 +286,14 @@ class Supervisor:
 
     async def _accept(self, listener: trio.SocketListener) -> None:
         while True:
-            stream = await listener.accept()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # (out of descriptors or memory: the supervisor goes on)
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                _log.error("accept: %s; pausing 100 ms", exc)
+                await trio.sleep(0.1)
+                continue
             await self._hand(stream)
 
     async def drain(self) -> None:
