@@ -65,3 +65,26 @@ async def test_readyz_is_503_at_capacity_and_while_draining(autojump_clock: trio
     server.shutdown()
     await trio.sleep(0)
     assert not server.ready
+
+
+async def test_barge_in_latency_in_the_metrics(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    """A caller cuts the agent's long answer: `trioagent_barge_in_seconds` has that one cut,
+    0.5 s after the onset of the caller's speech (`min_interruption_duration`), and the
+    interrupted turn is counted."""
+    import json
+
+    from trioagent.testing import silence, speech
+
+    from .netkit import browser_client
+
+    server, listener = await start_memory_server(nursery)
+    ws, client = await browser_client(nursery, listener)
+    await client.send_audio(speech(1.0) + silence(3.0))  # "hello agent": a short answer
+    await client.send_audio(speech(1.0) + silence(2.5))  # "tell me more": 6 s of answer from 1.5 s after
+    await client.send_audio(speech(1.0) + silence(3.0))  # "stop", 1 s into it: cut
+    await ws.send_message(json.dumps({"type": "end"}))
+    await trio.sleep(1)
+    status, body = status_and_body(await raw_exchange(listener, get("/metrics", mint_token(SECRET)), read_for=1))
+    got = samples(body)
+    assert got["trioagent_barge_in_seconds_count"] == 1 and got["trioagent_barge_in_seconds_sum"] == pytest.approx(0.5)
+    assert got["trioagent_turns_interrupted_total"] == 1 and got["trioagent_turns_total"] == 3

@@ -442,3 +442,27 @@ async def test_a_failure_while_hearing_in_the_senders_task_fails_the_pipeline_no
         await session.wait_closed()
     assert isinstance(session.failure, RuntimeError) and str(session.failure) == "the VAD broke"
     assert closed == [at(0.2)]  # at the 10th frame
+
+
+async def test_barge_in_latency_in_the_turn_metrics(autojump_clock: trio.testing.MockClock) -> None:
+    """An answer cut by the user's speech reports when that speech began and when the voice was
+    cut: `barge_in_latency` is `min_interruption_duration` (0.5 s) here. Paused on suspicion and
+    then confirmed by words, the cut is the pause's; paused and resumed (a false interruption),
+    there is no cut."""
+    session, transport, _, _ = make_session(transcripts=["tell me a story", "", "stop", "okay then"], script=[LONG, "Sure."])
+    collected: list[TurnMetrics] = []
+    session.on("metrics_collected", collected.append)
+    async with session:
+        await transport.send_user_audio(speech(1.0))
+        await transport.send_user_audio(silence(2.0))  # the story from 1.5 (no TTFT here)
+        await transport.send_user_audio(speech(0.8))  # 3.0: noise, no words: paused at 3.5, resumed at 5.5
+        await transport.send_user_audio(silence(3.2))
+        await transport.send_user_audio(speech(1.0))  # 7.0: "stop": paused at 7.5, words at 8.3 confirm it
+        await transport.send_user_audio(silence(2.0))
+    (a, b), (c, d), answer = transport.voice_segments()
+    assert (a, c, answer) == (about(1.5), about(5.5), (about(8.5), about(8.75)))
+    assert 3.5 < b <= 3.5 + TICK + FADE and 7.5 < d <= 7.5 + TICK + FADE  # (the pauses' fades)
+    story = collected[0]
+    assert story.interrupted and (story.barge_in_at, story.cut_at) == (at(7.0), at(7.5))
+    assert story.barge_in_latency == at(0.5)
+    assert collected[1].barge_in_latency is None and not collected[1].interrupted

@@ -49,3 +49,15 @@ async def test_a_session_and_its_turns_are_spans(autojump_clock: trio.testing.Mo
     assert turn.attributes["trioagent.tool_calls"] == 1 and turn.attributes["trioagent.interrupted"] is False
     assert turn.attributes["trioagent.e2e_latency"] == pytest.approx(0.5, abs=0.03)
     assert "trioagent.session" in spans
+
+
+async def test_a_cut_turn_span_has_its_barge_in_latency(autojump_clock: trio.testing.MockClock) -> None:
+    EXPORTER.clear()
+    session, transport, _, _ = make_session(transcripts=["tell me", "stop"], script=[" ".join(["word"] * 40), "Okay."])
+    async with session:
+        await transport.send_user_audio(speech(1.0) + silence(2.0))  # the answer from 1.5
+        await transport.send_user_audio(speech(1.0) + silence(2.0))  # "stop" at 3.0: cut at 3.5
+    cut, answer = [s for s in EXPORTER.get_finished_spans() if s.name == "trioagent.utterance"]
+    assert cut.attributes["trioagent.interrupted"] is True
+    assert cut.attributes["trioagent.barge_in_latency"] == pytest.approx(0.5)
+    assert "trioagent.barge_in_latency" not in answer.attributes

@@ -40,6 +40,12 @@ class TurnMetrics:
     """Seconds of audio the TTS made for the turn."""
     first_audio_at: float | None = None
     interrupted: bool = False
+    barge_in_at: float | None = None
+    """When the user's speech that cut this answer began (the VAD's onset), if the user's speech
+    cut it while it was heard."""
+    cut_at: float | None = None
+    """When this answer's voice was paused or stopped for that speech (its fade-out, 10 ms by
+    default, begins at the mixer's next tick)."""
     tool_calls: int = 0
     tool_seconds: float = 0.0
     """Time spent running tools (session clock)."""
@@ -71,8 +77,14 @@ class TurnMetrics:
     def e2e_latency(self) -> float | None:
         return _diff(self.first_audio_at, self.user_speech_end)
 
+    @property
+    def barge_in_latency(self) -> float | None:
+        """How long the agent spoke over the user who cut it: from the onset of the user's
+        speech to the cut (`min_interruption_duration` of it is by design)."""
+        return _diff(self.cut_at, self.barge_in_at)
+
     def as_dict(self) -> dict[str, object]:
         d: dict[str, object] = attrs.asdict(self)
-        for name in ("end_of_utterance_delay", "stt_final_latency", "llm_ttft", "llm_duration", "tts_ttfb", "e2e_latency"):
+        for name in ("end_of_utterance_delay", "stt_final_latency", "llm_ttft", "llm_duration", "tts_ttfb", "e2e_latency", "barge_in_latency"):
             d[name] = getattr(self, name)
         return d

@@ -7,7 +7,8 @@ Under ``serve --workers N`` the supervisor gives every worker one `PROMETHEUS_MU
 worker answers ``GET /metrics`` reports the sum over all of them (sessions running now: the sum
 over the live workers; a worker that died is dropped from it). The
 counters move with the sessions' own events: a session's start and end (by close code), each
-turn's end-to-end latency, interruptions, provider errors (by provider and stage), the mixer's
+turn's end-to-end latency, interruptions and how long the agent spoke over the user who cut
+it (barge-in latency), provider errors (by provider and stage), the mixer's
 underruns (added when a session ends), and the event loop's lag (a task that sleeps one 20 ms
 tick and records how late it woke).
 """
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["ServerMetrics", "metrics_available"]
 
 LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+BARGE_IN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 3.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 TICK = 0.02
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -59,6 +61,12 @@ class ServerMetrics:
         self.reply_latency = Histogram(
             "trioagent_reply_latency_seconds", "From the end of the user's speech to the first audio of the answer", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.barge_in = Histogram(
+            "trioagent_barge_in_seconds",
+            "From the start of the user's speech that cut an answer to the cut (min_interruption_duration of it by design)",
+            buckets=BARGE_IN_BUCKETS,
+            registry=r,
+        )
         self.provider_errors = Counter("trioagent_provider_errors", "Provider failures, by provider and stage", ["provider", "stage"], registry=r)
         self.underruns = Counter("trioagent_mixer_underruns", "Mixer ticks handled a frame late or skipped (summed at session end)", registry=r)
         self.loop_lag = Histogram("trioagent_event_loop_lag_seconds", "How late a 20 ms sleep woke up", buckets=LAG_BUCKETS, registry=r)
@@ -88,6 +96,8 @@ class ServerMetrics:
                 self.interrupted.inc()
             if m.e2e_latency is not None:
                 self.reply_latency.observe(max(0.0, m.e2e_latency))
+            if m.barge_in_latency is not None:
+                self.barge_in.observe(max(0.0, m.barge_in_latency))
 
         def on_error(e: Any) -> None:
             provider = getattr(e.error, "provider", "") or type(e.error).__name__

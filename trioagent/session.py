@@ -179,6 +179,7 @@ class AgentSession(EventEmitter):
         self._starting = True
         self._user_speaking = False
         self._user_speech_end: float | None = None
+        self._user_speech_start: float | None = None  # (the onset of the user's speech under way or last)
         self._last_speech_end: float | None = None
         self._handoff: Agent | None = None
         self._nursery: trio.Nursery | None = None
@@ -827,6 +828,7 @@ class AgentSession(EventEmitter):
             {
                 "trioagent.interrupted": utterance.handle.interrupted,
                 "trioagent.e2e_latency": m.e2e_latency,
+                "trioagent.barge_in_latency": m.barge_in_latency,
                 "trioagent.end_of_utterance_delay": m.end_of_utterance_delay,
                 "trioagent.stt_final_latency": m.stt_final_latency,
                 "trioagent.llm_ttft": m.llm_ttft,
@@ -1029,6 +1031,7 @@ class _Host:
         session = self._session
         session._user_speaking = True
         session._user_speech_end = None
+        session._user_speech_start = time
         return session._scheduler.user_started_speaking()  # (updates the states)
 
     def user_stopped_speaking(self, time: float) -> None:
@@ -1056,11 +1059,14 @@ class _Host:
             return False
         self._session._clear_output(current)
         current.pause()
+        self._note_cut(current)
         return True
 
     def resume_speech(self) -> None:
         current = self._current()
         if current is not None:
+            if current.handle.state is UtteranceState.PAUSED:
+                current.note(barge_in_at=None, cut_at=None)  # (a false interruption: no cut)
             current.resume()
 
     def interrupt_speech(self, reason: str) -> UserTurn | None:
@@ -1068,9 +1074,18 @@ class _Host:
         if current is None:
             return None
         unheard = current.handle.state in _THINKING_STATES
+        audible = current.audible
         if not self._session._scheduler.interrupt(current.handle, reason=reason):
             return None
+        if audible:
+            self._note_cut(current)
         return current.user_turn if unheard else None
+
+    def _note_cut(self, utterance: Utterance) -> None:
+        """The user's speech cut `utterance` while it was heard (paused, or stopped): when,
+        and when that speech began. A pause and then the interruption is one cut, the pause's."""
+        if utterance.metrics.cut_at is None:
+            utterance.note(barge_in_at=self._session._user_speech_start, cut_at=trio.current_time())
 
     def user_turn(self, turn: UserTurn) -> None:
         self._session._submit_user_turn(turn)
