@@ -387,7 +387,7 @@ async def test_accept_out_of_descriptors_pauses_and_goes_on(
         server = Server(lambda: None)
         server_handled: list[float] = []
 
-        async def handle(self: Server, stream: trio.abc.Stream) -> None:
+        async def handle(self: Server, stream: trio.abc.Stream, waiting: trio.CancelScope) -> None:
             server_handled.append(trio.current_time())
 
         monkeypatch.setattr(Server, "_handle", handle)

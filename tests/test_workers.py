@@ -12,6 +12,7 @@ import sys
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -341,3 +342,74 @@ async def test_a_roll_waits_for_each_new_worker_and_stops_at_a_bad_deploy(tmp_pa
     finally:
         supervisor.kill()
         supervisor.wait()
+
+
+async def test_max_sessions_is_the_servers_not_each_workers() -> None:
+    """`--max-sessions 4 --workers 2`: four calls at once are served, the fifth is refused with
+    1013 and `/readyz` says full (before: each worker took four, eight in all)."""
+    import json
+
+    import trio_websocket
+    import websockets.exceptions
+    import websockets.sync.client
+
+    from .netkit import hello
+    from .test_server_loopback import until_closed
+
+    port = free_port()
+    supervisor = subprocess.Popen(
+        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2", "--max-sessions", "4"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        assert await calls(port, 2) == ["answered"] * 2  # (both workers up, the port's probe gone)
+        deadline = time.monotonic() + 10
+        while (await metrics(port))["trioagent_active_sessions"] != 0:  # (the calls' server ends)
+            assert time.monotonic() < deadline
+            await trio.sleep(0.05)
+        async with trio.open_nursery() as nursery:
+            # A burst faster than the workers report: counted as handed until each worker says it
+            # has taken them, so the two get two each and all four are served.
+            burst = [await trio_websocket.connect_websocket_url(nursery, f"ws://127.0.0.1:{port}/ws") for _ in range(4)]
+            for ws in burst:
+                await ws.send_message(hello(token=""))
+            assert [json.loads(await ws.get_message())["type"] for ws in burst] == ["ready"] * 4
+            for ws in burst:
+                await ws.aclose()
+        deadline = time.monotonic() + 10
+        while (await metrics(port))["trioagent_active_sessions"] != 0:
+            assert time.monotonic() < deadline
+            await trio.sleep(0.05)
+        await trio.sleep(0.2)  # (and their connections' ends reported)
+        async with trio.open_nursery() as nursery:
+            held = []
+            for _ in range(4):
+                ws = await trio_websocket.connect_websocket_url(nursery, f"ws://127.0.0.1:{port}/ws")
+                await ws.send_message(hello(token=""))
+                assert json.loads(await ws.get_message())["type"] == "ready"
+                held.append(ws)
+                await trio.sleep(0.2)  # (a worker reports its load within 50 ms of a change)
+            await wait_for_async(lambda: http_get(port, "/readyz"), (503, "full\n"))
+
+            def fifth() -> tuple[int, str]:  # (the `websockets` library's client)
+                with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as ws:
+                    with contextlib.suppress(websockets.exceptions.ConnectionClosed):  # (refused before its hello, or after)
+                        ws.send(hello(token=""))
+                    return until_closed(ws)
+
+            assert (await trio.to_thread.run_sync(fifth))[0] == 1013
+            for ws in held:
+                await ws.aclose()
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=20) == 0
+    finally:
+        supervisor.kill()
+        supervisor.communicate()
+
+
+async def wait_for_async(get: Any, expected: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := await get()) != expected:
+        assert time.monotonic() < deadline, got
+        await trio.sleep(0.05)

@@ -164,7 +164,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         parser_.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default: $TRIOAGENT_SECRET)")
         parser_.add_argument("--insecure", action="store_true", help="accept sessions without a token (development only)")
         parser_.add_argument("--origin", action="append", help="allowed browser Origin (repeat; default: any)")
-        parser_.add_argument("--max-sessions", type=int, default=200, help="sessions at once; more get close 1013")
+        parser_.add_argument("--max-sessions", type=int, default=200, help="sessions at once (with --workers, over all of them: each worker takes its share, rounded up); more get close 1013")
         parser_.add_argument("--grace", type=_positive, default=10.0, help="seconds running sessions get on SIGTERM")
         parser_.add_argument("--factory-timeout", type=_positive, default=10.0, help="seconds the factory may take for a session (then close 1011)")
         parser_.add_argument(
@@ -379,9 +379,16 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _worker_args(args: argparse.Namespace) -> list[str]:
-    """The serve options a worker needs (it does not listen: the supervisor does)."""
-    out = [args.factory, "--max-sessions", str(args.max_sessions), "--grace", str(args.grace), "--factory-timeout", str(args.factory_timeout)]
+def _share(max_sessions: int, workers: int) -> int:
+    """A worker's `max_sessions`: its share of the server's, rounded up."""
+    return -(-max_sessions // workers)
+
+
+def _worker_args(args: argparse.Namespace, workers: int) -> list[str]:
+    """The serve options a worker needs (it does not listen: the supervisor does). Each takes
+    its share of `--max-sessions`, rounded up: the limit is the server's, not each process's
+    (connections go to the worker with the fewest sessions, so all are full before any refuses)."""
+    out = [args.factory, "--max-sessions", str(_share(args.max_sessions, workers)), "--grace", str(args.grace), "--factory-timeout", str(args.factory_timeout)]
     out += ["--max-pending", str(args.max_pending)]
     out += ["--secret", args.secret] if args.secret else ["--insecure"]
     for origin in args.origin or []:
@@ -396,7 +403,9 @@ async def _supervise(args: argparse.Namespace, listeners: list[trio.SocketListen
 
     if args.worker_timeout < 2 * REPORT_EVERY:
         raise UsageError(f"--worker-timeout must be at least {2 * REPORT_EVERY:g} s (workers report every {REPORT_EVERY:g} s)")
-    supervisor = Supervisor(worker_argv(_worker_args(args)), workers, grace=args.grace, worker_timeout=args.worker_timeout)
+    supervisor = Supervisor(
+        worker_argv(_worker_args(args, workers)), workers, grace=args.grace, worker_timeout=args.worker_timeout, worker_sessions=_share(args.max_sessions, workers)
+    )
     signalled: list[int] = []
     async with trio.open_nursery() as nursery:
 
@@ -459,15 +468,21 @@ async def _worker(args: argparse.Namespace, factory: Callable[[], Any]) -> int:
             server.shutdown()
 
         nursery.start_soon(drain_when_asked)
-        last, reported_at = -1, -REPORT_EVERY
-        while True:  # report the session count when it changes, and every REPORT_EVERY: alive
-            if server.active != last or trio.current_time() - reported_at >= REPORT_EVERY:
-                last, reported_at = server.active, trio.current_time()
+        # Report the load as soon as it changes (the supervisor places connections by it: a
+        # stale count sends a call to a worker that is full), and every REPORT_EVERY: alive.
+        last, reported_at = (-1, -1), -REPORT_EVERY
+        while True:
+            changed = trio.Event()
+            server.on_load_change = changed.set  # (before reading: no change is missed)
+            load = server.active + server.pending
+            if (load, listener.taken) != last or trio.current_time() - reported_at >= REPORT_EVERY:
+                last, reported_at = (load, listener.taken), trio.current_time()
                 try:
-                    await listener.report(last)
+                    await listener.report(load)
                 except OSError:
                     server.shutdown()  # (the supervisor is gone)
-            await trio.sleep(0.05)
+            with trio.move_on_after(REPORT_EVERY):
+                await changed.wait()
     return 0
 
 

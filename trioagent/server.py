@@ -103,6 +103,9 @@ class Server:
     close_timeout: float = 2.0
     max_pending: int = 1000
     on_session: Callable[[AgentSession], None] | None = None
+    on_load_change: Callable[[], None] | None = None
+    """Called (not a checkpoint) whenever `active` or `pending` changes: a ``serve --workers``
+    worker reports its load to the supervisor then."""
     record_dir: str | None = None
     port: int = 0
     active: int = 0
@@ -126,6 +129,11 @@ class Server:
     def ready(self) -> bool:
         """Takes new sessions (`GET /readyz`): not draining and below `max_sessions`."""
         return not self._shutdown.is_set() and self.active < self.max_sessions
+
+    @property
+    def pending(self) -> int:
+        """Connections not yet sessions: request head, handshake or hello under way."""
+        return len(self._pending)
 
     @property
     def transports(self) -> list[_WebSocketTransport]:
@@ -213,21 +221,25 @@ class Server:
                     _log.error("accept: %s; pausing 100 ms", exc)
                     await trio.sleep(0.1)
                     continue
-                sessions.start_soon(self._handle, stream)
+                # Pending from the moment it is accepted, not from when its task first runs: a
+                # worker's report (sessions + pending, connections taken) is then never between.
+                waiting = trio.CancelScope()  # cancelled to drop it while pending (until its hello)
+                self._pending[waiting] = None
+                if len(self._pending) > self.max_pending:
+                    self._drop_oldest()
+                self._load_changed()
+                sessions.start_soon(self._handle, stream, waiting)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, stream: trio.abc.Stream, waiting: trio.CancelScope) -> None:
         # A connection accepted before a drain began is served (a worker's supervisor handed it
         # over: refusing it would refuse a call during a rolling restart); the drain waits for
         # it as for a session.
-        waiting = trio.CancelScope()  # cancelled to drop it while pending (until its hello)
-        self._pending[waiting] = None
-        if len(self._pending) > self.max_pending:
-            self._drop_oldest()
 
         def arrived() -> None:
             if waiting in self._pending:  # (not dropped meanwhile)
                 del self._pending[waiting]
                 self._idle.set()
+                self._load_changed()
 
         try:
             with waiting:  # (a drop: the connection closes)
@@ -262,6 +274,10 @@ class Server:
                 _log.debug("peer went away: %r", gone)
         finally:
             arrived()
+
+    def _load_changed(self) -> None:
+        if self.on_load_change is not None:
+            self.on_load_change()
 
     def _drop_oldest(self) -> None:
         """Drop the connection that has waited longest for its request, handshake or hello (counted
@@ -408,6 +424,7 @@ class Server:
                 self._live.remove(conn)
                 if conn.counted:
                     self.active -= 1
+                    self._load_changed()
                 self._idle.set()
             if conn.drained and code == CloseCode.NORMAL:
                 code, reason = CloseCode.GOING_AWAY, "server shutting down"
@@ -507,6 +524,7 @@ class Server:
                 self._refuse("capacity")
                 return CloseCode.TRY_AGAIN_LATER, "server full: too many sessions"
             self.active += 1
+            self._load_changed()
             conn.counted = True
             agent, pipeline = await self._make_agent()
         if conn.starting.cancelled_caught:

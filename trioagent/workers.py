@@ -2,7 +2,8 @@
 thread running a `Server`.
 
 How this works. The supervisor owns the listening socket and accepts; each connection goes to
-the worker with the fewest sessions (those it reported, plus those handed to it since), passed
+the worker with the fewest sessions (those it reported, with its connections not yet sessions,
+plus those handed to it that it had not yet taken when it reported), passed
 as a file descriptor over a Unix socket pair (``SCM_RIGHTS``). A worker reports its session
 count on that socket whenever it changes. Placing by least sessions, not by chance, is why the
 supervisor accepts: with ``SO_REUSEPORT`` the kernel spreads connections by a hash, and a worker
@@ -62,12 +63,15 @@ each such failure in a row, up to RETRY_MAX."""
 
 class FdListener(trio.abc.Listener[trio.abc.Stream]):
     """A worker's side: connections arrive as descriptors on its Unix socket; a drain message
-    calls `on_drain`; `report(n)` tells the supervisor the worker's session count."""
+    calls `on_drain`; `report(load)` tells the supervisor the worker's load (sessions and
+    connections not yet sessions) and how many connections it has taken from the socket."""
 
     def __init__(self, fd: int, on_drain: Any) -> None:
         self._sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
         self._on_drain = on_drain
         self._closed = False
+        self.taken = 0
+        """Connections taken from the supervisor's socket (lost ones too)."""
         self.lost = 0
         """Connections handed over that this process had no descriptor for (the kernel closed them)."""
         self._lost_logged_at = -float("inf")
@@ -76,6 +80,7 @@ class FdListener(trio.abc.Listener[trio.abc.Stream]):
         while True:
             message, ancillary, flags, _ = await self._sock.recvmsg(1, socket.CMSG_LEN(array.array("i", [0]).itemsize))
             if flags & socket.MSG_CTRUNC:  # (at the open-file limit: the descriptor did not come)
+                self.taken += 1
                 self._lose()
                 continue
             if not message:
@@ -88,6 +93,7 @@ class FdListener(trio.abc.Listener[trio.abc.Stream]):
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds = array.array("i")
                     fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                    self.taken += 1
                     return trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0])))
 
     def _lose(self) -> None:
@@ -97,8 +103,8 @@ class FdListener(trio.abc.Listener[trio.abc.Stream]):
             self._lost_logged_at = now
             _log.error("a connection was lost: this worker is at its open-file limit (ulimit -n; %d lost so far)", self.lost)
 
-    async def report(self, active: int) -> None:
-        await self._sock.send(f"{active}\n".encode())
+    async def report(self, load: int) -> None:
+        await self._sock.send(f"{load} {self.taken}\n".encode())
 
     async def aclose(self) -> None:
         self._closed = True
@@ -111,8 +117,9 @@ class _Worker:
     process: Any
     sock: Any  # (trio's, to read its reports)
     raw: socket.socket  # (the same socket, to hand over without waiting)
-    active: int = 0
-    handed: int = 0  # connections passed since its last report
+    reported_load: int = 0  # its sessions and connections not yet sessions, at its last report
+    handed: int = 0  # connections passed to it, in all
+    taken: int = 0  # of those, taken from its socket at its last report
     taking: bool = True
     replace: bool = True  # started again if it dies unasked (a rolling restart's new worker: once ready)
     reported_at: float | None = None  # its last report (None: starting, its factory may take long)
@@ -121,7 +128,7 @@ class _Worker:
 
     @property
     def load(self) -> int:
-        return self.active + self.handed
+        return self.reported_load + self.handed - self.taken  # (+ those on their way)
 
 
 @attrs.define(eq=False)
@@ -133,6 +140,8 @@ class Supervisor:
     grace: float = 10.0
     worker_timeout: float = 30.0
     """A worker that has not reported for this long (seconds) is stuck: it is killed and replaced."""
+    worker_sessions: float = math.inf
+    """Each worker's `max_sessions`: a worker this loaded is passed over while another has room."""
     _pool: list[_Worker] = attrs.field(factory=list)
     _nursery: trio.Nursery | None = None
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -183,7 +192,8 @@ class Supervisor:
             buffer += data
             *lines, buffer = buffer.split(b"\n")
             if lines:
-                worker.active, worker.handed = int(lines[-1]), 0
+                load, taken = lines[-1].split()
+                worker.reported_load, worker.taken = int(load), int(taken)
         code = await worker.process.wait()
         worker.sock.close()
         if self.metrics_dir is not None:
@@ -242,15 +252,17 @@ class Supervisor:
         await stream.aclose()
 
     def _choices(self) -> list[_Worker]:
-        """The workers taking connections, best first: ready ones that report, by least load,
-        then ones still starting (the call would wait for the factory), then ones that have
-        missed their reports (stuck, until their timeout)."""
+        """The workers taking connections, best first: ones with room before full ones (which
+        would refuse the call), and among those ready ones that report, by least load, then
+        ones still starting (the call waits for the factory), then ones that have missed their
+        reports (stuck, until their timeout)."""
         now = trio.current_time()
 
-        def rank(w: _Worker) -> tuple[int, int]:
+        def rank(w: _Worker) -> tuple[bool, int, int]:
+            load = w.load
             if w.reported_at is None:
-                return 1, w.load
-            return (0 if now - w.reported_at <= 2 * REPORT_EVERY else 2), w.load
+                return load >= self.worker_sessions, 1, load
+            return load >= self.worker_sessions, (0 if now - w.reported_at <= 2 * REPORT_EVERY else 2), load
 
         return sorted((w for w in self._pool if w.taking), key=rank)
 
