@@ -2,12 +2,14 @@
 thread running a `Server`.
 
 How this works. The supervisor owns the listening socket and accepts; each connection goes to
-the worker with the fewest sessions (those it reported, with its connections not yet sessions,
-plus those handed to it that it had not yet taken when it reported), passed
-as a file descriptor over a Unix socket pair (``SCM_RIGHTS``). A worker reports its session
-count on that socket whenever it changes. Placing by least sessions, not by chance, is why the
-supervisor accepts: with ``SO_REUSEPORT`` the kernel spreads connections by a hash, and a worker
-at capacity would refuse calls another worker could take.
+the worker with the fewest sessions, passed as a file descriptor over a Unix socket pair
+(``SCM_RIGHTS``). A worker reports its load on that socket as soon as it changes: its sessions
+and its connections not yet sessions, and how many connections it has taken from the socket;
+the supervisor adds those handed to it and not yet taken. Each worker takes its share of
+``--max-sessions``, and one that has reached it is passed over while another has room.
+Placing by least sessions, not by chance, is why the supervisor accepts: with
+``SO_REUSEPORT`` the kernel spreads connections by a hash, and a worker at capacity would
+refuse calls another worker could take.
 
 A worker is ready at its first report (its factory has run and its server is up). One that
 dies is restarted (its calls are lost, no others); so is one whose event loop is stuck (a
@@ -52,7 +54,7 @@ _log = logging.getLogger("trioagent.workers")
 CONNECTION = b"c"
 DRAIN = b"d"
 REPORT_EVERY = 1.0
-"""A worker reports its session count at least this often (seconds), so the supervisor knows it runs."""
+"""A worker reports its load at least this often (seconds), so the supervisor knows it runs."""
 HAND_WAIT = 1.0
 """How long a connection may wait for a worker to take it (all backed up) before it is closed."""
 RETRY_FIRST = 1.0
