@@ -413,3 +413,16 @@ async def wait_for_async(get: Any, expected: object, timeout: float = 10.0) -> N
     while (got := await get()) != expected:
         assert time.monotonic() < deadline, got
         await trio.sleep(0.05)
+
+
+def test_a_report_the_supervisor_cannot_read_is_skipped(caplog: Any) -> None:
+    """The supervisor outlives its workers' code (SIGHUP starts workers of a newer version under
+    it): a report with more fields is read for those it knows, and one it cannot read is logged
+    and skipped, not the end of the supervisor and every call with it."""
+    from trioagent.workers import Supervisor, _Worker
+
+    worker = _Worker(1, None, None, None)  # type: ignore[arg-type]
+    for line, expected in [(b"3 7", (3, 7)), (b"4 8 9", (4, 8)), (b"5", (5, 8)), (b"x y", (5, 8)), (b"", (5, 8))]:
+        Supervisor._read_report(worker, line)
+        assert (worker.reported_load, worker.taken) == expected
+    assert sum("cannot read" in r.message for r in caplog.records) == 2

@@ -194,8 +194,7 @@ class Supervisor:
             buffer += data
             *lines, buffer = buffer.split(b"\n")
             if lines:
-                load, taken = lines[-1].split()
-                worker.reported_load, worker.taken = int(load), int(taken)
+                self._read_report(worker, lines[-1])
         code = await worker.process.wait()
         worker.sock.close()
         if self.metrics_dir is not None:
@@ -224,6 +223,19 @@ class Supervisor:
         if not self._stopping:
             self.restarts += 1
             await self._spawn(nursery)
+
+    @staticmethod
+    def _read_report(worker: _Worker, line: bytes) -> None:
+        """``load taken``. Lenient: this supervisor outlives its workers' code (SIGHUP starts
+        workers of a newer version under it), so fields it does not know are ignored, and a
+        line it cannot read is logged and skipped rather than ending the supervisor."""
+        try:
+            fields = [int(f) for f in line.split()[:2]]
+            worker.reported_load = fields[0]
+            if len(fields) > 1:
+                worker.taken = fields[1]
+        except (ValueError, IndexError):
+            _log.warning("worker %d sent a report this supervisor cannot read: %r", worker.number, line[:80])
 
     async def _hand(self, stream: trio.SocketStream) -> None:
         """Pass the connection to the best worker that can take it now. Never waits on one
