@@ -67,6 +67,29 @@ async def calls(port: int, n: int) -> list[str]:
     return results
 
 
+async def sessions_start(port: int, n: int) -> list[str]:
+    """`n` browser-protocol sessions at once, each to its `ready` (a worker took it), then hung
+    up: where a whole call is not the point, a fraction of a second instead of one."""
+    import json
+
+    import trio_websocket
+
+    from .netkit import hello
+
+    got: list[str] = []
+
+    async def one() -> None:
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.send_message(hello(token=""))
+            with trio.fail_after(10):
+                got.append(json.loads(await ws.get_message())["type"])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+    return got
+
+
 async def test_workers_restart_roll_and_drain(tmp_path: Path) -> None:
     port = free_port()
     supervisor = subprocess.Popen(
@@ -191,17 +214,17 @@ async def test_a_stuck_worker_is_killed_and_replaced() -> None:
     )  # fmt: skip
     try:
         wait_port(port)
-        assert await calls(port, 2) == ["answered"] * 2
+        assert await calls(port, 2) == ["answered"] * 2  # (both workers up by its end: a call takes 2 s, a start 1)
         stuck, other = workers_of(supervisor.pid)
         os.kill(stuck, signal.SIGSTOP)
         await trio.sleep(2.5)  # (over two missed reports: the supervisor passes it over)
-        assert await calls(port, 4) == ["answered"] * 4
+        assert await sessions_start(port, 4) == ["ready"] * 4
         deadline = time.monotonic() + 10
         while stuck in workers_of(supervisor.pid) or len(workers_of(supervisor.pid)) < 2:
             assert time.monotonic() < deadline
             await trio.sleep(0.1)
         assert other in workers_of(supervisor.pid)
-        assert await calls(port, 2) == ["answered"] * 2
+        assert await sessions_start(port, 2) == ["ready"] * 2
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=20) == 0
         errors = supervisor.stderr.read() if supervisor.stderr else ""
@@ -235,14 +258,14 @@ async def test_a_stuck_worker_does_not_stop_the_hand_over() -> None:
     burst: list[socket.socket] = []
     try:
         wait_port(port)
-        assert await calls(port, 2) == ["answered"] * 2
+        assert await calls(port, 2) == ["answered"] * 2  # (both workers up by its end: a call takes 2 s, a start 1)
         stuck, other = workers_of(supervisor.pid)
         os.kill(stuck, signal.SIGSTOP)
         for _ in range(1200):
             burst.append(socket.create_connection(("127.0.0.1", port)))
         with trio.fail_after(5):
             assert (await http_get(port, "/healthz"))[0] == 200
-        assert await calls(port, 2) == ["answered"] * 2
+        assert await sessions_start(port, 2) == ["ready"] * 2
         for s in burst:
             s.close()
         os.kill(stuck, signal.SIGCONT)
@@ -270,6 +293,7 @@ if mode == "gate":  # a model that loads for as long as the test says
 elif mode == "broken":
     raise RuntimeError("a bad deploy")
 from tests.netkit import factory
+open(os.path.join(here, f"imported-{os.getpid()}"), "w").close()
 '''
 
 
@@ -297,14 +321,14 @@ async def test_a_roll_waits_for_each_new_worker_and_stops_at_a_bad_deploy(tmp_pa
         )  # fmt: skip
     try:
         wait_port(port)
-        assert await calls(port, 2) == ["answered"] * 2
+        assert await calls(port, 2) == ["answered"] * 2  # (both workers up by its end: a call takes 2 s, a start 1)
         first = set(workers_of(supervisor.pid))
 
         # A slow start: the new worker waits at the gate; calls go to the old ones, both still up.
         mode.write_text("gate")
         supervisor.send_signal(signal.SIGHUP)
         await wait_for(lambda: len(workers_of(supervisor.pid)) == 3, "the first new worker starts")
-        assert await calls(port, 4) == ["answered"] * 4  # (before: handed to the waiting worker, unanswered)
+        assert await sessions_start(port, 4) == ["ready"] * 4  # (before: handed to the waiting worker, never ready)
         assert first <= set(workers_of(supervisor.pid))
         (tmp_path / "gate-open").touch()
         await wait_for(lambda: "the rolling restart is done" in out.read_text(), "the roll ends")
@@ -316,7 +340,7 @@ async def test_a_roll_waits_for_each_new_worker_and_stops_at_a_bad_deploy(tmp_pa
         supervisor.send_signal(signal.SIGHUP)
         await wait_for(lambda: "rolling restart stopped" in err.read_text(), "the roll stops")
         assert set(workers_of(supervisor.pid)) == second
-        assert await calls(port, 2) == ["answered"] * 2
+        assert await sessions_start(port, 2) == ["ready"] * 2
         assert "exited with status 2 before it was ready; the old workers go on serving" in err.read_text()
 
         # A worker dies and its replacement cannot start: retried after a pause, until it can.
@@ -324,7 +348,9 @@ async def test_a_roll_waits_for_each_new_worker_and_stops_at_a_bad_deploy(tmp_pa
         await wait_for(lambda: "before it was ready (1 in a row); starting another in 1 s" in err.read_text(), "the pause")
         mode.write_text("ok")
         await wait_for(lambda: len(workers_of(supervisor.pid)) == 2 and min(second) not in workers_of(supervisor.pid), "replaced")
-        assert await calls(port, 2) == ["answered"] * 2
+        (replacement,) = set(workers_of(supervisor.pid)) - second
+        await wait_for(lambda: (tmp_path / f"imported-{replacement}").exists(), "the replacement imports the mended module")
+        assert await sessions_start(port, 2) == ["ready"] * 2
 
         # SIGTERM while a replacement is still loading: it drains as soon as it has started.
         (tmp_path / "gate-open").unlink()
@@ -363,7 +389,7 @@ async def test_max_sessions_is_the_servers_not_each_workers() -> None:
     )  # fmt: skip
     try:
         wait_port(port)
-        assert await calls(port, 2) == ["answered"] * 2  # (both workers up, the port's probe gone)
+        assert await sessions_start(port, 2) == ["ready"] * 2  # (the port's probe gone meanwhile)
         deadline = time.monotonic() + 10
         while (await metrics(port))["trioagent_active_sessions"] != 0:  # (the calls' server ends)
             assert time.monotonic() < deadline
