@@ -37,6 +37,14 @@ def workers_of(pid: int) -> list[int]:
     return sorted(out)
 
 
+def start_workers(*options: str, **popen: Any) -> tuple[int, subprocess.Popen[str]]:
+    """`trioagent serve tests.netkit:factory --workers 2` with `options`, on a free port: the
+    port and the supervisor's process (its output piped)."""
+    port = free_port()
+    command = [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2", *options]
+    return port, subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
 async def http_get(port: int, path: str) -> tuple[int, str]:
     """GET `path` on the supervisor's port (whichever worker answers): status and body."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -91,11 +99,7 @@ async def sessions_start(port: int, n: int) -> list[str]:
 
 
 async def test_workers_restart_roll_and_drain(tmp_path: Path) -> None:
-    port = free_port()
-    supervisor = subprocess.Popen(
-        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2", "--grace", "10", "--record-dir", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    port, supervisor = start_workers("--grace", "10", "--record-dir", str(tmp_path))
     try:
         wait_port(port)
         assert await calls(port, 6) == ["answered"] * 6
@@ -173,12 +177,7 @@ async def test_a_flood_of_silent_connections_at_a_low_file_limit() -> None:
 
         pytest.skip(f"this test needs 3,000 open files (hard limit {hard})")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 3000) if hard == resource.RLIM_INFINITY else max(soft, min(hard, 4096)), hard))
-    port = free_port()
-    supervisor = subprocess.Popen(
-        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)),
-    )  # fmt: skip
+    port, supervisor = start_workers(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)))
     silent: list[socket.socket] = []
     try:
         wait_port(port)
@@ -207,11 +206,7 @@ async def test_a_stuck_worker_is_killed_and_replaced() -> None:
     """A worker whose event loop stops (here: SIGSTOP, as a blocking call in an agent would do)
     misses its reports: new calls go to the other worker at once, and after `--worker-timeout`
     the stuck one is killed and replaced."""
-    port = free_port()
-    supervisor = subprocess.Popen(
-        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2", "--worker-timeout", "3"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    port, supervisor = start_workers("--worker-timeout", "3")
     try:
         wait_port(port)
         assert await calls(port, 2) == ["answered"] * 2  # (both workers up by its end: a call takes 2 s, a start 1)
@@ -250,11 +245,7 @@ async def test_a_stuck_worker_does_not_stop_the_hand_over() -> None:
 
             pytest.skip(f"this test needs 1,500 open files (hard limit {hard})")
         resource.setrlimit(resource.RLIMIT_NOFILE, (1500, hard))
-    port = free_port()
-    supervisor = subprocess.Popen(
-        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    port, supervisor = start_workers()
     burst: list[socket.socket] = []
     try:
         wait_port(port)
@@ -382,11 +373,7 @@ async def test_max_sessions_is_the_servers_not_each_workers() -> None:
     from .netkit import hello
     from .test_server_loopback import until_closed
 
-    port = free_port()
-    supervisor = subprocess.Popen(
-        [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2", "--max-sessions", "4"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    port, supervisor = start_workers("--max-sessions", "4")
     try:
         wait_port(port)
         assert await sessions_start(port, 2) == ["ready"] * 2  # (the port's probe gone meanwhile)
