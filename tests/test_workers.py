@@ -326,6 +326,18 @@ async def test_a_roll_waits_for_each_new_worker_and_stops_at_a_bad_deploy(tmp_pa
         second = set(workers_of(supervisor.pid))
         assert len(second) == 2 and not second & first
 
+        # An old worker that dies during a roll is restarted and replaced: one drains after.
+        (tmp_path / "gate-open").unlink()
+        supervisor.send_signal(signal.SIGHUP)
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 3, "the first new worker starts")
+        os.kill(max(second - {min(second)}), signal.SIGKILL)  # (whichever old one is not replaced first)
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 3 and not second <= set(workers_of(supervisor.pid)), "restarted")
+        (tmp_path / "gate-open").touch()
+        await wait_for(lambda: out.read_text().count("the rolling restart is done") == 2, "the roll ends")
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 2, "back to two workers")
+        second = set(workers_of(supervisor.pid))
+        assert await sessions_start(port, 2) == ["ready"] * 2
+
         # A bad deploy: the roll stops at the first replacement; the old workers go on.
         mode.write_text("broken")
         supervisor.send_signal(signal.SIGHUP)
@@ -355,7 +367,7 @@ async def test_a_roll_waits_for_each_new_worker_and_stops_at_a_bad_deploy(tmp_pa
         errors = err.read_text()
         assert errors.count("before it was ready") <= 3 and "Traceback" not in errors  # (before: restarted in a loop)
         assert "usage:" not in errors  # (a worker's failure is one line)
-        assert out.read_text().count("the rolling restart is done") == 1  # (not the stopped ones)
+        assert out.read_text().count("the rolling restart is done") == 2  # (not the stopped ones)
     finally:
         supervisor.kill()
         supervisor.wait()

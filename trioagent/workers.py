@@ -359,6 +359,11 @@ class Supervisor:
                 if old in self._pool:  # (it may have died meanwhile, and been replaced)
                     await self._tell_drain(old)
                     await old.exited.wait()
+            # An old worker that died during the roll was restarted as well as replaced: one
+            # too many now (all of them run the new code), so the newest extra ones drain.
+            for extra in [w for w in self._pool if w.taking][self.workers :]:
+                if not self._stopping:
+                    await self._tell_drain(extra)
             return not self._stopping
 
 
