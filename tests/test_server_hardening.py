@@ -398,3 +398,46 @@ async def test_accept_out_of_descriptors_pauses_and_goes_on(
     assert sum("pausing 100 ms" in r.message for r in caplog.records) == 3
     with pytest.raises(OSError, match="Bad file descriptor"):
         await supervisor._accept(_ScarceListener([errno.EBADF]))  # type: ignore[arg-type]
+
+
+async def test_the_hand_over_skips_a_backed_up_worker_and_gives_up_after_a_second(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--workers`' supervisor never waits on one worker's socket: a full one (a stuck worker's)
+    is skipped for the next best; when every worker's is full it tries again every 10 ms and,
+    a second later, closes the connection (counted, logged)."""
+    import socket as socket_module
+
+    from trioagent.workers import Supervisor, _Worker
+
+    class Raw:
+        def __init__(self, full: bool) -> None:
+            self.full, self.sent = full, 0
+
+        def sendmsg(self, *args: Any) -> int:
+            if self.full:
+                raise BlockingIOError
+            self.sent += 1
+            return 1
+
+    class Stream:
+        def __init__(self) -> None:
+            self.socket = socket_module.socket()
+            self.closed_at: float | None = None
+
+        async def aclose(self) -> None:
+            self.socket.close()
+            self.closed_at = trio.current_time()
+
+    stuck, other = Raw(full=True), Raw(full=False)
+    supervisor = Supervisor([], 2)
+    now = trio.current_time()
+    supervisor._pool.extend([_Worker(1, None, None, stuck, reported_at=now), _Worker(2, None, None, other, reported_at=now, reported_load=5)])  # type: ignore[arg-type]
+    stream = Stream()
+    await supervisor._hand(stream)  # type: ignore[arg-type]
+    assert (stuck.sent, other.sent, stream.closed_at) == (0, 1, now)  # (the least loaded was full: the other)
+    other.full = True
+    stream = Stream()
+    await supervisor._hand(stream)  # type: ignore[arg-type]
+    assert stream.closed_at == pytest.approx(now + 1.0) and supervisor.unhanded == 1
+    assert sum("no worker could take it" in r.message for r in caplog.records) == 1
