@@ -53,6 +53,20 @@ _PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClos
 
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
+
+async def accept_patiently(listener: trio.abc.Listener[Any]) -> Any:
+    """The next connection. Out of descriptors or memory (trio's listeners raise EMFILE,
+    ENFILE, ENOMEM, ENOBUFS), pause 100 ms, logged, and try again instead of ending the
+    accept loop and everything it serves; any other error is raised."""
+    while True:
+        try:
+            return await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_RESOURCES:
+                raise
+            _log.error("accept: %s; pausing 100 ms", exc)
+            await trio.sleep(0.1)
+
 AgentFactory = Callable[[], "tuple[Agent, Pipeline] | Awaitable[tuple[Agent, Pipeline]]"]
 """Makes the agent and pipeline of one new session (sync or async)."""
 
@@ -213,14 +227,7 @@ class Server:
         # draining can outlive the listeners.
         async with listener:
             while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _OUT_OF_RESOURCES:
-                        raise
-                    _log.error("accept: %s; pausing 100 ms", exc)
-                    await trio.sleep(0.1)
-                    continue
+                stream = await accept_patiently(listener)
                 # Pending from the moment it is accepted, not from when its task first runs: a
                 # worker's report (sessions + pending, connections taken) is then never between.
                 waiting = trio.CancelScope()  # cancelled to drop it while pending (until its hello)

@@ -45,7 +45,7 @@ import attrs
 import trio
 
 from .observe import MULTIPROC_DIR, metrics_available
-from .server import _OUT_OF_RESOURCES
+from .server import accept_patiently
 
 __all__ = ["FdListener", "Supervisor"]
 
@@ -312,15 +312,7 @@ class Supervisor:
 
     async def _accept(self, listener: trio.SocketListener) -> None:
         while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # (out of descriptors or memory: the supervisor goes on)
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    raise
-                _log.error("accept: %s; pausing 100 ms", exc)
-                await trio.sleep(0.1)
-                continue
-            await self._hand(stream)
+            await self._hand(await accept_patiently(listener))
 
     async def drain(self) -> None:
         """Stop accepting; every worker finishes its calls (within its --grace) and exits."""
