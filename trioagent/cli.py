@@ -90,6 +90,21 @@ def _positive(text: str) -> float:
     return value
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}")
+        return value
+
+    return parse
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults shown where there is one to show (not None, not a flag's False)."""
 
@@ -164,15 +179,15 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         parser_.add_argument("--secret", default=os.environ.get("TRIOAGENT_SECRET"), help="token secret (default: $TRIOAGENT_SECRET)")
         parser_.add_argument("--insecure", action="store_true", help="accept sessions without a token (development only)")
         parser_.add_argument("--origin", action="append", help="allowed browser Origin (repeat; default: any)")
-        parser_.add_argument("--max-sessions", type=int, default=200, help="sessions at once (with --workers, over all of them: each worker takes its share, rounded up); more get close 1013")
+        parser_.add_argument("--max-sessions", type=_at_least(1), default=200, help="sessions at once (with --workers, over all of them: each worker takes its share, rounded up); more get close 1013")
         parser_.add_argument("--grace", type=_positive, default=10.0, help="seconds running sessions get on SIGTERM")
         parser_.add_argument("--factory-timeout", type=_positive, default=10.0, help="seconds the factory may take for a session (then close 1011)")
         parser_.add_argument(
-            "--max-pending", type=int, default=1000,
+            "--max-pending", type=_at_least(1), default=1000,
             help="connections not yet sessions (request, handshake, hello under way) at most; beyond it each new one drops the oldest (fitted to the open-file limit)",
         )
         parser_.add_argument("--record-dir", default=None, help="record every call there as a stereo WAV (user left, agent right)")
-        parser_.add_argument("--workers", type=int, default=1, help="worker processes, each one trio thread (0: one per core); connections go to the one with the fewest sessions")
+        parser_.add_argument("--workers", type=_at_least(0), default=1, help="worker processes, each one trio thread (0: one per core); connections go to the one with the fewest sessions")
         parser_.add_argument(
             "--worker-timeout", type=_positive, default=30.0,
             help="a worker whose event loop has been stuck this long (seconds; it reports every second) is killed and replaced",
@@ -278,8 +293,6 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("a secret is needed (--secret or $TRIOAGENT_SECRET), or --insecure for development")
     if args.record_dir is not None and not (os.path.isdir(args.record_dir) and os.access(args.record_dir, os.W_OK)):
         raise UsageError(f"--record-dir {args.record_dir}: not a directory this process can write to")
-    if args.max_pending < 1:
-        raise UsageError("--max-pending must be at least 1")
     factory = load_factory(args.factory)
     args.max_pending = _fit_descriptors(args.max_sessions, args.max_pending)
     return trio.run(_serve_async, args, factory)
