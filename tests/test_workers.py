@@ -39,10 +39,11 @@ def workers_of(pid: int) -> list[int]:
 
 def start_workers(*options: str, **popen: Any) -> tuple[int, subprocess.Popen[str]]:
     """`trioagent serve tests.netkit:factory --workers 2` with `options`, on a free port: the
-    port and the supervisor's process (its output piped)."""
+    port and the supervisor's process (its output piped, unless `popen` says otherwise)."""
     port = free_port()
     command = [TRIOAGENT, "serve", "tests.netkit:factory", "--insecure", "--port", str(port), "--workers", "2", *options]
-    return port, subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return port, subprocess.Popen(command, cwd=ROOT, text=True, **popen)
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:
@@ -323,6 +324,7 @@ async def test_a_roll_waits_for_each_new_worker_and_stops_at_a_bad_deploy(tmp_pa
         assert first <= set(workers_of(supervisor.pid))
         (tmp_path / "gate-open").touch()
         await wait_for(lambda: "the rolling restart is done" in out.read_text(), "the roll ends")
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 2, "the old workers exit (no calls)")
         second = set(workers_of(supervisor.pid))
         assert len(second) == 2 and not second & first
 
@@ -371,6 +373,50 @@ async def test_a_roll_waits_for_each_new_worker_and_stops_at_a_bad_deploy(tmp_pa
     finally:
         supervisor.kill()
         supervisor.wait()
+
+
+async def test_a_roll_does_not_wait_for_the_old_workers_calls(tmp_path: Path) -> None:
+    """Each old worker drains once its replacement is ready, and the next replacement starts
+    then: a call that lasts (up to --grace) on the first old worker neither holds the roll nor
+    leaves the second old worker taking new calls meanwhile. (Before: 2 x --grace.)"""
+    import json
+
+    import trio_websocket
+
+    from .netkit import hello
+
+    out = tmp_path / "out.txt"
+    with out.open("w") as out_file:
+        port, supervisor = start_workers("--grace", "60", stdout=out_file)
+    try:
+        wait_port(port)
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 2, "two workers")
+        old = set(workers_of(supervisor.pid))
+        hang_up = trio.Event()
+
+        async def hold() -> None:
+            async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.send_message(hello(token=""))
+                assert json.loads(await ws.get_message())["type"] == "ready"
+                held.append(ws)
+                await hang_up.wait()
+
+        held: list[object] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):  # (one on each worker: the fewest sessions)
+                nursery.start_soon(hold)
+            await wait_for(lambda: len(held) == 2, "two calls held")
+            supervisor.send_signal(signal.SIGHUP)
+            await wait_for(lambda: "the rolling restart is done" in out.read_text(), "the roll ends", timeout=15)
+            now = set(workers_of(supervisor.pid))
+            assert now & old == old and len(now - old) == 2  # (the old ones still finish their calls)
+            assert await sessions_start(port, 2) == ["ready"] * 2  # (taken by the new workers)
+            hang_up.set()
+        await wait_for(lambda: not set(workers_of(supervisor.pid)) & old, "the old workers exit once their calls end")
+        assert len(workers_of(supervisor.pid)) == 2
+    finally:
+        supervisor.kill()
+        supervisor.communicate()
 
 
 async def test_max_sessions_is_the_servers_not_each_workers() -> None:

@@ -447,7 +447,7 @@ async def _supervise(args: argparse.Namespace, listeners: list[trio.SocketListen
 
 async def _roll(supervisor: Any) -> None:
     if await supervisor.roll():  # (a failure is logged by the supervisor)
-        print("trioagent: the rolling restart is done", flush=True)
+        print("trioagent: the rolling restart is done (the old workers finish their calls, --grace at most)", flush=True)
 
 
 async def _worker(args: argparse.Namespace, factory: Callable[[], Any]) -> int:

@@ -22,7 +22,10 @@ doubles at each such failure in a row (`RETRY_FIRST` up to `RETRY_MAX`), not in 
 SIGTERM: the supervisor stops accepting and tells every worker to drain (their calls get
 ``--grace`` seconds, then 1001); it exits when they have. SIGHUP: a rolling restart, worker by
 worker: the old one drains only once its replacement is ready, so no connection is refused or
-kept waiting; a replacement that fails to start stops the roll, and the old workers go on.
+kept waiting; a replacement that fails to start stops the roll, and the old workers go on. The
+roll does not wait for a draining worker's calls to end (they may last as long as ``--grace``):
+the next replacement starts at once, so new calls reach the new code within the workers'
+start-up times, while up to N old workers finish their calls beside the N new ones.
 
 Metrics: with prometheus-client installed, the workers share a `PROMETHEUS_MULTIPROC_DIR` the
 supervisor makes (and removes at exit), so ``GET /metrics``, answered by any worker, counts all.
@@ -329,7 +332,8 @@ class Supervisor:
             worker.process.kill()
 
     async def roll(self) -> bool:
-        """Replace the workers one by one: each old one drains once its replacement is ready.
+        """Replace the workers one by one: each old one drains once its replacement is ready,
+        and the next replacement starts then, not once the old one's calls have ended.
         Returns whether every worker was replaced: not if a replacement failed to start (the
         roll stops there, the workers not yet replaced go on serving, the error is logged) or
         the supervisor began to drain meanwhile."""
@@ -350,7 +354,6 @@ class Supervisor:
                 new.replace = True
                 if old in self._pool:  # (it may have died meanwhile, and been replaced)
                     await self._tell_drain(old)
-                    await old.exited.wait()
             # An old worker that died during the roll was restarted as well as replaced: one
             # too many now (all of them run the new code), so the newest extra ones drain.
             for extra in [w for w in self._pool if w.taking][self.workers :]:
