@@ -587,7 +587,7 @@ class Server:
         if session.failure is not None:  # logged with its traceback by the session
             self._refuse("agent_failed")
             return CloseCode.INTERNAL_ERROR, "the agent failed"
-        if self._shutdown.is_set() and not transport.hung_up:
+        if self._shutdown.is_set() and not transport.hung_up and closed is None:  # (not the caller's end)
             return CloseCode.GOING_AWAY, "server shutting down"
         return CloseCode.NORMAL, "session ended"
 
