@@ -88,3 +88,74 @@ async def test_barge_in_latency_in_the_metrics(autojump_clock: trio.testing.Mock
     got = samples(body)
     assert got["trioagent_barge_in_seconds_count"] == 1 and got["trioagent_barge_in_seconds_sum"] == pytest.approx(0.5)
     assert got["trioagent_turns_interrupted_total"] == 1 and got["trioagent_turns_total"] == 3
+
+
+WORKER = """
+import os, sys
+from trioagent.observe import ServerMetrics
+m = ServerMetrics(lambda: 1)
+n = int(sys.argv[1])
+for i in range(n):
+    m.started.inc()
+    m.reply_latency.observe(0.1 * i)
+m.ended.labels(code="1000").inc(n)
+m.provider_errors.labels(provider="stt-" + sys.argv[1], stage="stt").inc()
+m.active.set(1)
+print(os.getpid())
+"""
+
+
+def test_a_dead_workers_counts_join_the_archive(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three worker processes write their metrics and exit; folding each into the archive keeps
+    every counter and histogram sample of the exposition, drops their live gauge, and leaves
+    two files (`counter_archive.db`, `histogram_archive.db`) where there were six: a scrape's
+    cost no longer grows with every restart."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from trioagent.observe import MULTIPROC_DIR, ServerMetrics, retire_worker
+
+    path = str(tmp_path)
+    env = {**os.environ, MULTIPROC_DIR: path}
+    pids = [int(subprocess.run([sys.executable, "-c", WORKER, str(n)], env=env, check=True, capture_output=True, text=True).stdout) for n in (2, 3, 5)]
+    monkeypatch.setenv(MULTIPROC_DIR, path)
+    scraper = ServerMetrics(lambda: 0)  # (reads the files; writes none: prometheus-client chose at its import)
+
+    def counts() -> dict[str, float]:
+        return {k: v for k, v in samples(scraper.render()[0].decode()).items() if "active" not in k}
+
+    before = counts()
+    assert before["trioagent_sessions_started_total"] == 10 and before["trioagent_reply_latency_seconds_count"] == 10
+    assert scraper.render()[0].decode().count("trioagent_active_sessions 3.0") == 1
+    for pid in pids:
+        retire_worker(path, pid)
+    assert counts() == before
+    assert "trioagent_active_sessions" not in scraper.render()[0].decode()  # (no live worker)
+    left = sorted(p.name for p in Path(path).glob("*.db"))
+    assert left == ["counter_archive.db", "histogram_archive.db"]
+    retire_worker(path, pids[0])  # (twice, or a pid with no files: nothing changes)
+    assert counts() == before
+
+
+async def test_a_call_its_caller_ends_during_a_drain_ends_normally(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    """While the server drains (SIGTERM, or an old worker in a rolling restart) its calls go on;
+    one whose caller closes the WebSocket ended normally (1000), as outside a drain: 1001 is
+    for the calls the drain itself closes, at the end of the grace period. (Before, every call
+    that ended during a drain counted as 1001, as if the deploy had cut it.)"""
+    from trioagent.testing import silence, speech
+
+    from .netkit import browser_client
+
+    server, listener = await start_memory_server(nursery, grace=60)
+    ws, client = await browser_client(nursery, listener)
+    await client.send_audio(speech(1.0) + silence(3.0))
+    server.shutdown()
+    await trio.sleep(1)
+    assert server.active == 1  # (the drain lets it go on)
+    await ws.aclose()  # the caller hangs up: a close frame, 1000, without the protocol's "end"
+    await trio.sleep(1)
+    assert server.active == 0 and server.metrics is not None
+    got = samples(server.metrics.render()[0].decode())
+    assert got["trioagent_sessions_ended_total{code=1000}"] == 1 and "trioagent_sessions_ended_total{code=1001}" not in got

@@ -146,6 +146,19 @@ async def test_workers_restart_roll_and_drain(tmp_path: Path) -> None:
             rolled.set()
         assert results and all(r == "answered" for r in results), results
         assert len(workers_of(supervisor.pid)) == 2
+        # Three workers are gone (one killed, two rolled): their counts stay, folded into the
+        # archive files; the metrics directory holds those and the live workers' files only.
+
+        async def ended() -> float | None:
+            return (await metrics(port)).get("trioagent_sessions_ended_total{code=1000}")
+
+        await wait_for_async(ended, 10 + len(results))  # (all ended by their callers: 1000, drained or not)
+        assert (await metrics(port))["trioagent_sessions_started_total"] == 10 + len(results)
+        live = workers_of(supervisor.pid)
+        environ = Path(f"/proc/{live[0]}/environ").read_bytes().split(b"\0")
+        (metrics_dir,) = [v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+        owners = {p.stem.rsplit("_", 1)[1] for p in Path(metrics_dir).glob("*.db")}
+        assert owners == {"archive", *map(str, live)}, owners
 
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=20) == 0

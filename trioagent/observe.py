@@ -5,7 +5,10 @@ Each `Server` has its own registry (tests and several servers in one process sta
 Under ``serve --workers N`` the supervisor gives every worker one `PROMETHEUS_MULTIPROC_DIR`
 (prometheus-client's multiprocess mode): each worker writes its values there, and whichever
 worker answers ``GET /metrics`` reports the sum over all of them (sessions running now: the sum
-over the live workers; a worker that died is dropped from it). The
+over the live workers; a worker that died is dropped from it). A dead worker's counters and
+histograms are folded into one archive file per kind by the supervisor (`retire_worker`), so
+the files a scrape reads (in the worker's event loop, between audio ticks) do not grow with
+every restart and rolling restart of a long-lived server. The
 counters move with the sessions' own events: a session's start and end (by close code), each
 turn's end-to-end latency, interruptions and how long the agent spoke over the user who cut
 it (barge-in latency), provider errors (by provider and stage), the mixer's
@@ -15,7 +18,9 @@ tick and records how late it woke).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -23,7 +28,7 @@ import trio
 if TYPE_CHECKING:
     from .session import AgentSession
 
-__all__ = ["ServerMetrics", "metrics_available"]
+__all__ = ["ServerMetrics", "metrics_available", "retire_worker"]
 
 LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 BARGE_IN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -82,7 +87,8 @@ class ServerMetrics:
         self.active.set(self._active_now())
         everyone = CollectorRegistry()
         MultiProcessCollector(everyone)  # type: ignore[no-untyped-call]  # (every worker's files)
-        return generate_latest(everyone), CONTENT_TYPE_LATEST
+        with _files_locked(os.environ[MULTIPROC_DIR], exclusive=False):  # (not while a dead worker's are folded)
+            return generate_latest(everyone), CONTENT_TYPE_LATEST
 
     def watch(self, session: AgentSession) -> None:
         """Count `session`'s events (call before it starts)."""
@@ -119,3 +125,53 @@ class ServerMetrics:
             due = trio.current_time() + TICK
             await trio.sleep_until(due)
             self.loop_lag.observe(max(0.0, trio.current_time() - due))
+
+
+ARCHIVE = "archive"
+"""The dead workers' counters and histograms, summed: ``counter_archive.db``, ``histogram_archive.db``."""
+
+
+@contextlib.contextmanager
+def _files_locked(path: str, *, exclusive: bool) -> Iterator[None]:
+    """Scrapes read the files under a shared lock; folding a dead worker's files in (two
+    renames) takes it exclusively, so no scrape counts that worker twice or not at all."""
+    import fcntl  # (Unix: where `serve --workers` runs)
+
+    fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # (and the lock with it)
+
+
+def retire_worker(path: str, pid: int) -> None:
+    """After worker `pid` has exited: drop its live gauge (prometheus-client's
+    `mark_process_dead`) and add its counters and histograms to the archive files, removing its
+    own, so their sums stay and the files stay as many as the live workers' plus two. Blocking
+    (file I/O, and the lock a scrape may hold for a few milliseconds): run it in a thread."""
+    from prometheus_client import multiprocess
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    for kind in ("counter", "histogram"):
+        dead = os.path.join(path, f"{kind}_{pid}.db")
+        if not os.path.exists(dead):
+            continue
+        archive = os.path.join(path, f"{kind}_{ARCHIVE}.db")
+        # Not cumulated: buckets are stored per bucket (as the workers write them), not as exposed.
+        merged = multiprocess.MultiProcessCollector.merge([f for f in (archive, dead) if os.path.exists(f)], accumulate=False)  # type: ignore[no-untyped-call]
+        new = os.path.join(path, f"{kind}_{ARCHIVE}.new")  # (not *.db: no scrape reads it half-written)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(new)
+        out = MmapedDict(new)  # type: ignore[no-untyped-call]
+        try:
+            for metric in merged:
+                for sample in metric.samples:
+                    key = mmap_key(metric.name, sample.name, list(sample.labels), list(sample.labels.values()), metric.documentation)
+                    out.write_value(key, sample.value, sample.timestamp or 0.0)  # type: ignore[no-untyped-call]
+        finally:
+            out.close()  # type: ignore[no-untyped-call]
+        with _files_locked(path, exclusive=True):
+            os.replace(new, archive)
+            os.unlink(dead)

@@ -47,7 +47,7 @@ from typing import Any
 import attrs
 import trio
 
-from .observe import MULTIPROC_DIR, metrics_available
+from .observe import MULTIPROC_DIR, metrics_available, retire_worker
 from .server import accept_patiently
 
 __all__ = ["FdListener", "Supervisor"]
@@ -200,10 +200,11 @@ class Supervisor:
                 self._read_report(worker, lines[-1])
         code = await worker.process.wait()
         worker.sock.close()
-        if self.metrics_dir is not None:
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(worker.process.pid, self.metrics_dir)  # type: ignore[no-untyped-call]  # (its live gauge goes)
+        if self.metrics_dir is not None:  # (its live gauge goes, its counts join the archive)
+            try:
+                await trio.to_thread.run_sync(retire_worker, self.metrics_dir, worker.process.pid)
+            except Exception:  # (a full disk, say: its counts stay in its own files)
+                _log.exception("could not fold the metrics of worker %d (pid %d) into the archive", worker.number, worker.process.pid)
         self._pool.remove(worker)
         worker.settled.set()
         worker.exited.set()
