@@ -49,8 +49,10 @@ def test_serve_raises_the_open_file_limit_and_fits_max_pending(capsys: pytest.Ca
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def test_serve_process_drains_on_sigterm() -> None:
-    """Runs on the real clock: a separate process cannot share a MockClock. Nothing is timed."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+async def test_serve_process_drains_on_sigterm(signum: signal.Signals) -> None:
+    """Runs on the real clock: a separate process cannot share a MockClock. Nothing is timed.
+    SIGHUP drains one process too (its default action would cut every call at once)."""
     cmd = [sys.executable, "-m", "trioagent", "serve", "tests.netkit:factory", "--port", "0", "--insecure", "--grace", "0.5"]
     process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert process.stdout is not None
@@ -64,7 +66,7 @@ async def test_serve_process_drains_on_sigterm() -> None:
             ws = await trio_websocket.wrap_client_stream(nursery, stream, "127.0.0.1", "/ws")
             await ws.send_message(json.dumps({"type": "hello"}))
             assert json.loads(await ws.get_message())["type"] == "ready"
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
             with trio.fail_after(30), pytest.raises(trio_websocket.ConnectionClosed) as closed:
                 while True:
                     await ws.get_message()
@@ -78,4 +80,4 @@ async def test_serve_process_drains_on_sigterm() -> None:
             process.kill()
             await process.wait()
         await process.stdout.aclose()
-    assert b"SIGTERM: draining" in output
+    assert f"{signum.name}: draining".encode() in output

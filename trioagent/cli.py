@@ -160,7 +160,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         description="Serve one agent session per connection: a web page at /, the browser protocol on /ws, Twilio "
         "Media Streams on /twilio (docs/protocol.md), the OpenAI Realtime protocol on /v1/realtime. FACTORY is "
         "module:callable returning (agent, pipeline); it is called once at start-up to check it works. SIGTERM "
-        "drains (stop accepting, --grace, then close); Ctrl-C does the same and exits 130.",
+        "drains (stop accepting, --grace, then close); Ctrl-C does the same and exits 130. SIGHUP: with "
+        "--workers, a rolling restart; in one process, a drain.",
         formatter_class=fmt,
     )
     rts = sub.add_parser(
@@ -366,12 +367,15 @@ async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> 
             print(f"trioagent: OpenAI Realtime protocol on ws://{args.host}:{port}/v1/realtime (a client's base_url: http://{args.host}:{port}/v1)", flush=True)
         else:
             print(f"trioagent: serving on http://{args.host}:{port}/ (browser page), /ws, /twilio, /v1/realtime", flush=True)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # SIGHUP too: its default action ends the process at once, every call cut without a
+        # close; here it drains (the terminal went away, or a reload meant for `--workers`).
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signalled:
                     raise KeyboardInterrupt  # a second signal: stop now
                 signalled.append(signum)
-                print(f"trioagent: {signal.Signals(signum).name}: draining for up to {args.grace:g} s", flush=True)
+                why = " (one process: a rolling restart needs --workers 2 or more)" if signum == signal.SIGHUP else ""
+                print(f"trioagent: {signal.Signals(signum).name}: draining for up to {args.grace:g} s{why}", flush=True)
                 server.shutdown()
     if signalled == [signal.SIGINT]:
         print(f"trioagent {args.command}: interrupted", file=sys.stderr)
