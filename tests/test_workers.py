@@ -432,6 +432,29 @@ async def test_a_roll_does_not_wait_for_the_old_workers_calls(tmp_path: Path) ->
         supervisor.communicate()
 
 
+async def test_sighups_in_a_row_make_two_rolls_not_three(tmp_path: Path) -> None:
+    """A deploy tool that reloads three times in a row: the first roll runs, the second waits
+    for it (it will start the code installed by then), the third joins the second."""
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("w") as out_file, err.open("w") as err_file:
+        port, supervisor = start_workers("--grace", "5", stdout=out_file, stderr=err_file)
+    try:
+        wait_port(port)
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 2, "two workers")
+        for _ in range(3):
+            supervisor.send_signal(signal.SIGHUP)
+            await trio.sleep(0.02)  # (a worker takes far longer to start)
+        await wait_for(lambda: out.read_text().count("the rolling restart is done") == 2, "two rolls")
+        assert err.read_text().count("this one joins it") == 1
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 2, "the old workers exit")
+        await trio.sleep(1.0)  # (a third roll would have started a worker by now)
+        assert out.read_text().count("the rolling restart is done") == 2 and len(workers_of(supervisor.pid)) == 2
+        assert await sessions_start(port, 2) == ["ready"] * 2
+    finally:
+        supervisor.kill()
+        supervisor.communicate()
+
+
 async def test_max_sessions_is_the_servers_not_each_workers() -> None:
     """`--max-sessions 4 --workers 2`: four calls at once are served, the fifth is refused with
     1013 and `/readyz` says full (before: each worker took four, eight in all)."""

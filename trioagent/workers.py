@@ -151,6 +151,7 @@ class Supervisor:
     _nursery: trio.Nursery | None = None
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _rolling: trio.Lock = attrs.field(factory=trio.Lock)
+    _roll_waiting: bool = False
     _numbers: int = 0
     _stopping: bool = False
     _failed_starts: int = 0  # replacements in a row that died before they were ready
@@ -337,9 +338,15 @@ class Supervisor:
         and the next replacement starts then, not once the old one's calls have ended.
         Returns whether every worker was replaced: not if a replacement failed to start (the
         roll stops there, the workers not yet replaced go on serving, the error is logged) or
-        the supervisor began to drain meanwhile."""
+        the supervisor began to drain meanwhile. A roll asked while one is under way waits for
+        it; one asked while another already waits joins that one (returns False at once)."""
         assert self._nursery is not None
+        if self._roll_waiting:  # (it will start the newest code: one more would do it all again)
+            _log.warning("a rolling restart is already waiting for the one under way: this one joins it")
+            return False
+        self._roll_waiting = True
         async with self._rolling:  # (a second SIGHUP waits for the first roll)
+            self._roll_waiting = False
             for old in [w for w in self._pool if w.taking]:
                 if self._stopping:
                     return False
