@@ -201,14 +201,11 @@ class Supervisor:
                 self._read_report(worker, lines[-1])
         code = await worker.process.wait()
         worker.sock.close()
-        if self.metrics_dir is not None:  # (its live gauge goes, its counts join the archive)
-            try:
-                await trio.to_thread.run_sync(retire_worker, self.metrics_dir, worker.process.pid)
-            except Exception:  # (a full disk, say: its counts stay in its own files)
-                _log.exception("could not fold the metrics of worker %d (pid %d) into the archive", worker.number, worker.process.pid)
         self._pool.remove(worker)
         worker.settled.set()
         worker.exited.set()
+        if self.metrics_dir is not None:  # (its live gauge goes, its counts join the archive)
+            nursery.start_soon(self._retire, worker, self.metrics_dir)
         if not worker.taking or self._stopping:
             return
         if worker.reported_at is not None:
@@ -228,6 +225,13 @@ class Supervisor:
         if not self._stopping:
             self.restarts += 1
             await self._spawn(nursery)
+
+    @staticmethod
+    async def _retire(worker: _Worker, metrics_dir: str) -> None:
+        try:
+            await trio.to_thread.run_sync(retire_worker, metrics_dir, worker.process.pid)
+        except Exception:  # (a full disk, say: its counts stay in its own files)
+            _log.exception("could not fold the metrics of worker %d (pid %d) into the archive", worker.number, worker.process.pid)
 
     @staticmethod
     def _read_report(worker: _Worker, line: bytes) -> None:
