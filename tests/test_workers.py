@@ -455,6 +455,42 @@ async def test_sighups_in_a_row_make_two_rolls_not_three(tmp_path: Path) -> None
         supervisor.communicate()
 
 
+async def test_the_secret_reaches_the_workers_but_not_their_command_lines() -> None:
+    """Workers check tokens with the supervisor's secret, which they get in their environment:
+    a command line is any local user's to read (`ps`), and the operator who kept the secret
+    out of the supervisor's by `$TRIOAGENT_SECRET` must not find it in the workers'."""
+    import json
+
+    import websockets.sync.client
+
+    from .netkit import SECRET, hello
+
+    port = free_port()
+    supervisor = subprocess.Popen(
+        [TRIOAGENT, "serve", "tests.netkit:factory", "--port", str(port), "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "TRIOAGENT_SECRET": SECRET},
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        await wait_for(lambda: len(workers_of(supervisor.pid)) == 2, "two workers")
+        for pid in workers_of(supervisor.pid):
+            assert SECRET.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+        def hello_answer(token: str | None) -> object:  # (the `websockets` library's client)
+            with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as ws:
+                ws.send(hello(token=token))
+                try:
+                    return json.loads(ws.recv(timeout=10))["type"]
+                except websockets.exceptions.ConnectionClosed as closed:
+                    return closed.rcvd.code if closed.rcvd else None
+
+        for token, answer in ((None, "ready"), (None, "ready"), ("", 1008)):  # (a token made with the secret; none: refused)
+            assert await trio.to_thread.run_sync(hello_answer, token) == answer
+    finally:
+        supervisor.kill()
+        supervisor.communicate()
+
+
 async def test_max_sessions_is_the_servers_not_each_workers() -> None:
     """`--max-sessions 4 --workers 2`: four calls at once are served, the fifth is refused with
     1013 and `/readyz` says full (before: each worker took four, eight in all)."""

@@ -407,7 +407,8 @@ def _worker_args(args: argparse.Namespace, workers: int) -> list[str]:
     (connections go to the worker with the fewest sessions, so all are full before any refuses)."""
     out = [args.factory, "--max-sessions", str(_share(args.max_sessions, workers)), "--grace", str(args.grace), "--factory-timeout", str(args.factory_timeout)]
     out += ["--max-pending", str(args.max_pending)]
-    out += ["--secret", args.secret] if args.secret else ["--insecure"]
+    if not args.secret:
+        out.append("--insecure")  # (a secret goes in the environment: see `_supervise`)
     for origin in args.origin or []:
         out += ["--origin", origin]
     if args.record_dir:
@@ -421,7 +422,8 @@ async def _supervise(args: argparse.Namespace, listeners: list[trio.SocketListen
     if args.worker_timeout < 2 * REPORT_EVERY:
         raise UsageError(f"--worker-timeout must be at least {2 * REPORT_EVERY:g} s (workers report every {REPORT_EVERY:g} s)")
     supervisor = Supervisor(
-        worker_argv(_worker_args(args, workers)), workers, grace=args.grace, worker_timeout=args.worker_timeout, worker_sessions=_share(args.max_sessions, workers)
+        worker_argv(_worker_args(args, workers)), workers, grace=args.grace, worker_timeout=args.worker_timeout, worker_sessions=_share(args.max_sessions, workers),
+        worker_env={"TRIOAGENT_SECRET": args.secret} if args.secret else {},  # (not on a command line, which `ps` shows anyone)
     )
     signalled: list[int] = []
     async with trio.open_nursery() as nursery:

@@ -41,7 +41,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -147,6 +147,8 @@ class Supervisor:
     """A worker that has not reported for this long (seconds) is stuck: it is killed and replaced."""
     worker_sessions: float = math.inf
     """Each worker's `max_sessions`: a worker this loaded is passed over while another has room."""
+    worker_env: Mapping[str, str] = attrs.field(factory=dict)
+    """Set in each worker's environment (a secret goes there: a command line is any local user's to read)."""
     _pool: list[_Worker] = attrs.field(factory=list)
     _nursery: trio.Nursery | None = None
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -165,7 +167,9 @@ class Supervisor:
     async def _spawn(self, nursery: trio.Nursery, *, replace: bool = True) -> _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._numbers += 1
-        env = {**os.environ, MULTIPROC_DIR: self.metrics_dir} if self.metrics_dir is not None else None
+        env = {**os.environ, **self.worker_env}
+        if self.metrics_dir is not None:
+            env[MULTIPROC_DIR] = self.metrics_dir
         process = await trio.lowlevel.open_process([*self.worker_argv, "--fd", str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env)
         theirs.close()
         worker = _Worker(self._numbers, process, trio.socket.from_stdlib_socket(ours), ours, replace=replace)
