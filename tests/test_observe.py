@@ -62,9 +62,20 @@ async def test_readyz_is_503_at_capacity_and_while_draining(autojump_clock: trio
         while server.active < 1:
             await trio.sleep(0.01)
     assert status_and_body(await raw_exchange(listener, get("/readyz"), read_for=1)) == (503, "full\n")
-    server.shutdown()
-    await trio.sleep(0)
-    assert not server.ready
+    await client.ws.aclose()
+    with trio.fail_after(5):
+        while server.active:
+            await trio.sleep(0.01)
+    probe = await listener.connect()  # (accepted before the drain; its request comes during it)
+    await trio.sleep(0.1)
+    assert server.ready
+    server.shutdown()  # draining (the listener closes: new connections see a closed port)
+    await probe.send_all(get("/readyz"))
+    raw = b""
+    with trio.fail_after(5):
+        while chunk := await probe.receive_some(65536):
+            raw += chunk
+    assert status_and_body(raw) == (503, "draining\n") and not server.ready
 
 
 async def test_barge_in_latency_in_the_metrics(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
