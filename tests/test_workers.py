@@ -157,8 +157,11 @@ async def test_workers_restart_roll_and_drain(tmp_path: Path) -> None:
         live = workers_of(supervisor.pid)
         environ = Path(f"/proc/{live[0]}/environ").read_bytes().split(b"\0")
         (metrics_dir,) = [v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
-        owners = {p.stem.rsplit("_", 1)[1] for p in Path(metrics_dir).glob("*.db")}
-        assert owners == {"archive", *map(str, live)}, owners
+
+        def owners() -> set[str]:
+            return {p.stem.rsplit("_", 1)[1] for p in Path(metrics_dir).glob("*.db")}
+
+        await wait_for(lambda: owners() == {"archive", *map(str, live)}, f"only the archive and the live workers' files: {owners()}", timeout=5)  # (folded just after each exit)
 
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=20) == 0
@@ -569,3 +572,34 @@ def test_a_report_the_supervisor_cannot_read_is_skipped(caplog: Any) -> None:
         Supervisor._read_report(worker, line)
         assert (worker.reported_load, worker.taken) == expected
     assert sum("cannot read" in r.message for r in caplog.records) == 2
+
+
+def test_workers_0_counts_the_cores_the_cgroup_allows(tmp_path: Path) -> None:
+    """`--workers 0` is one worker per usable core: the CPU quota of the process's cgroup (or
+    of a parent) caps the machine's count, rounded up; v2, v1 and a hybrid mount are read."""
+    from trioagent.workers import _cpu_quota, usable_cores
+
+    def tree(files: dict[str, str], cgroup: str) -> tuple[str, str]:
+        for name, text in files.items():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
+        (tmp_path / "self-cgroup").write_text(cgroup)
+        return str(tmp_path / "self-cgroup"), str(tmp_path / "fs")
+
+    # cgroup v2: the tighter of the process's cgroup (no limit) and its parent (1.5 CPUs).
+    v2 = tree({"fs/cgroup.controllers": "cpu", "fs/pod/cpu.max": "150000 100000\n", "fs/pod/app/cpu.max": "max 100000\n"}, "0::/pod/app\n")
+    assert _cpu_quota(*v2) == 1.5
+    assert usable_cores(*v2) == min(2, len(os.sched_getaffinity(0)))
+    for name in ("fs/cgroup.controllers", "fs/pod/cpu.max", "fs/pod/app/cpu.max"):
+        (tmp_path / name).unlink()
+    # cgroup v1 (cpu,cpuacct), 3 CPUs; a hybrid system's v2 part without a limit beside it.
+    v1 = tree(
+        {"fs/cpu,cpuacct/docker/c1/cpu.cfs_quota_us": "300000\n", "fs/cpu,cpuacct/docker/c1/cpu.cfs_period_us": "100000\n", "fs/unified/docker/c1/cpu.max": "max 100000\n"},
+        "12:memory:/docker/c1\n4:cpu,cpuacct:/docker/c1\n0::/docker/c1\n",
+    )  # fmt: skip
+    assert _cpu_quota(*v1) == 3.0
+    (tmp_path / "fs/cpu,cpuacct/docker/c1/cpu.cfs_quota_us").write_text("-1\n")  # (v1's "no limit")
+    assert _cpu_quota(*v1) is None and usable_cores(*v1) == len(os.sched_getaffinity(0))
+    assert _cpu_quota(str(tmp_path / "missing"), str(tmp_path / "fs")) is None  # (not Linux, say)
+    (tmp_path / "fs/unified/docker/c1/cpu.max").write_text("50000 100000\n")  # half a CPU: one worker
+    assert usable_cores(*v1) == 1

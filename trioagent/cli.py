@@ -188,7 +188,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
             help="connections not yet sessions (request, handshake, hello under way) at most; beyond it each new one drops the oldest (fitted to the open-file limit)",
         )
         parser_.add_argument("--record-dir", default=None, help="record every call there as a stereo WAV (user left, agent right)")
-        parser_.add_argument("--workers", type=_at_least(0), default=1, help="worker processes, each one trio thread (0: one per core); connections go to the one with the fewest sessions")
+        parser_.add_argument("--workers", type=_at_least(0), default=1, help="worker processes, each one trio thread (0: one per usable core: affinity and cgroup CPU quota); connections go to the one with the fewest sessions")
         parser_.add_argument(
             "--worker-timeout", type=_positive, default=30.0,
             help="a worker whose event loop has been stuck this long (seconds; it reports every second) is killed and replaced",
@@ -352,7 +352,9 @@ async def _serve_async(args: argparse.Namespace, factory: Callable[[], Any]) -> 
             raise UsageError(f"{args.host} is not an address of this machine; use one (e.g. 127.0.0.1 or 0.0.0.0)") from None
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     port = listeners[0].socket.getsockname()[1]
-    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
+    from .workers import usable_cores
+
+    workers = args.workers if args.workers > 0 else usable_cores()
     if workers > 1:
         return await _supervise(args, listeners, port, workers)
     signalled: list[int] = []

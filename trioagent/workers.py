@@ -50,7 +50,7 @@ import trio
 from .observe import MULTIPROC_DIR, metrics_available, retire_worker
 from .server import accept_patiently
 
-__all__ = ["FdListener", "Supervisor"]
+__all__ = ["FdListener", "Supervisor", "usable_cores"]
 
 _log = logging.getLogger("trioagent.workers")
 
@@ -382,3 +382,52 @@ def worker_argv(args: Sequence[str]) -> list[str]:
     """The command line of a worker: this Python, ``-m trioagent serve`` with `args`."""
     return [sys.executable, "-m", "trioagent", "serve", *args]
 
+
+
+def usable_cores(cgroups: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int:
+    """How many cores this process may use: `--workers 0` starts that many. The CPUs it may run
+    on (its affinity: a cpuset, `taskset`), and no more than its cgroup's CPU quota allows,
+    rounded up: a container limited to 2 CPUs on a 64-core host (Docker's ``--cpus``, a
+    Kubernetes CPU limit) gets 2 workers, not 64 that would share two cores and the memory."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on Linux)
+        cores = os.cpu_count() or 1
+    quota = _cpu_quota(cgroups, root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def _cpu_quota(cgroups: str, root: str) -> float | None:
+    """The tightest CPU quota (in cores) of this process's cgroup and its ancestors: cgroup v2's
+    ``cpu.max``, v1's ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``; None without one."""
+    try:
+        with open(cgroups) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    quotas: list[float] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2 (on a hybrid system, mounted at unified/)
+            base = root if os.path.exists(os.path.join(root, "cgroup.controllers")) else os.path.join(root, "unified")
+        elif "cpu" in controllers.split(","):
+            base = os.path.join(root, controllers) if os.path.isdir(os.path.join(root, controllers)) else os.path.join(root, "cpu")
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):  # (the process's own cgroup, then each parent)
+            where = os.path.join(base, *parts[:depth])
+            try:
+                if controllers == "":
+                    with open(os.path.join(where, "cpu.max")) as f:
+                        limit, period = f.read().split()
+                    if limit != "max":
+                        quotas.append(int(limit) / int(period))
+                else:
+                    with open(os.path.join(where, "cpu.cfs_quota_us")) as f, open(os.path.join(where, "cpu.cfs_period_us")) as g:
+                        limit, period = f.read().strip(), g.read().strip()
+                    if int(limit) > 0:
+                        quotas.append(int(limit) / int(period))
+            except (OSError, ValueError):
+                continue  # (not mounted here, or no such file: no limit known at this level)
+    return min(quotas) if quotas else None
