@@ -117,13 +117,16 @@ print(os.getpid())
 
 
 def test_a_dead_workers_counts_join_the_archive(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three worker processes write their metrics and exit; folding each into the archive keeps
-    every counter and histogram sample of the exposition, drops their live gauge, and leaves
-    two files (`counter_archive.db`, `histogram_archive.db`) where there were six: a scrape's
-    cost no longer grows with every restart."""
+    """Three worker processes write their metrics and exit (and thirty more are copies of the
+    first); folding all of them at once into the archive keeps every counter and histogram
+    sample of the exposition, drops their live gauges, and leaves two files
+    (`counter_archive.db`, `histogram_archive.db`) where there were 66: a scrape's cost no
+    longer grows with every restart."""
     import os
+    import shutil
     import subprocess
     import sys
+    import threading
     from pathlib import Path
 
     from trioagent.observe import MULTIPROC_DIR, ServerMetrics, retire_worker
@@ -137,11 +140,18 @@ def test_a_dead_workers_counts_join_the_archive(tmp_path: object, monkeypatch: p
     def counts() -> dict[str, float]:
         return {k: v for k, v in samples(scraper.render()[0].decode()).items() if "active" not in k}
 
+    # Thirty more dead workers (copies of the first's files), to fold all at once.
+    for k in range(30):
+        for kind in ("counter", "histogram"):
+            shutil.copy(f"{path}/{kind}_{pids[0]}.db", f"{path}/{kind}_{90_000_000 + k}.db")
     before = counts()
-    assert before["trioagent_sessions_started_total"] == 10 and before["trioagent_reply_latency_seconds_count"] == 10
+    assert before["trioagent_sessions_started_total"] == 10 + 30 * 2 and before["trioagent_reply_latency_seconds_count"] == 70
     assert scraper.render()[0].decode().count("trioagent_active_sessions 3.0") == 1
-    for pid in pids:
-        retire_worker(path, pid)
+    folds = [threading.Thread(target=retire_worker, args=(path, pid)) for pid in [*pids, *range(90_000_000, 90_000_030)]]
+    for fold in folds:  # (in threads, as the supervisor does; several workers may die at once)
+        fold.start()
+    for fold in folds:
+        fold.join()
     assert counts() == pytest.approx(before)  # (sums of floats, added in another order)
     assert "trioagent_active_sessions" not in scraper.render()[0].decode()  # (no live worker)
     left = sorted(p.name for p in Path(path).glob("*.db"))

@@ -132,12 +132,13 @@ ARCHIVE = "archive"
 
 
 @contextlib.contextmanager
-def _files_locked(path: str, *, exclusive: bool) -> Iterator[None]:
+def _files_locked(path: str, *, exclusive: bool, name: str = ".lock") -> Iterator[None]:
     """Scrapes read the files under a shared lock; folding a dead worker's files in (two
-    renames) takes it exclusively, so no scrape counts that worker twice or not at all."""
+    renames) takes it exclusively, so no scrape counts that worker twice or not at all. (With
+    `name` ".fold": the folds' own lock, one at a time; scrapes do not take it.)"""
     import fcntl  # (Unix: where `serve --workers` runs)
 
-    fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(path, name), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
@@ -149,11 +150,19 @@ def retire_worker(path: str, pid: int) -> None:
     """After worker `pid` has exited: drop its live gauge (prometheus-client's
     `mark_process_dead`) and add its counters and histograms to the archive files, removing its
     own, so their sums stay and the files stay as many as the live workers' plus two. Blocking
-    (file I/O, and the lock a scrape may hold for a few milliseconds): run it in a thread."""
+    (file I/O, and the lock a scrape may hold for a few milliseconds): run it in a thread. Safe
+    to run for several workers at once (each reads and replaces the archive: one at a time)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    with _files_locked(path, exclusive=True, name=".fold"):
+        _fold(path, pid)
+
+
+def _fold(path: str, pid: int) -> None:
     from prometheus_client import multiprocess
     from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
     for kind in ("counter", "histogram"):
         dead = os.path.join(path, f"{kind}_{pid}.db")
         if not os.path.exists(dead):
